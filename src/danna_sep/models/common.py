@@ -77,5 +77,8 @@ def standardize(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tens
     """Normalise `(batch, channels, time)` by the mean and std of its mono mix."""
     mono = x.mean(dim=1, keepdim=True)
     mean = mono.mean(dim=-1, keepdim=True)
-    std = mono.std(dim=-1, keepdim=True) + 1e-5
+    if x.shape[-1] > 1:
+        std = mono.std(dim=-1, keepdim=True) + 1e-5
+    else:  # a single sample has no spread (and an unbiased std of NaN)
+        std = torch.full_like(mean, 1e-5)
     return (x - mean) / std, mean, std

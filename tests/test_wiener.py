@@ -1,0 +1,140 @@
+import itertools
+
+import numpy as np
+import norbert
+import pytest
+import torch
+
+from danna_sep import wiener as mwf
+
+EPS = 1e-10
+SHAPES = [(5, 7, 2, 4), (12, 3, 1, 2), (8, 4, 2, 3)]  # frames, bins, channels, sources
+
+
+def random_problem(shape, seed, scale=3.0):
+    gen = np.random.default_rng(seed)
+    frames, bins, channels, sources = shape
+    v = np.abs(gen.normal(size=shape)) * scale
+    x = (gen.normal(size=(frames, bins, channels)) + 1j * gen.normal(size=(frames, bins, channels))) * scale * 5
+    return v, x
+
+
+def norbert_reference(v, x, iterations, softmask, residual, eps=EPS):
+    """norbert.wiener; with `residual`, the same steps composed from norbert's own pieces."""
+    x = x.copy()  # norbert.wiener divides the caller's mixture in place
+    if not residual:
+        return norbert.wiener(v, x, iterations=iterations, use_softmask=softmask, eps=eps)
+    y = norbert.softmask(v, x, eps=eps) if softmask else v * np.exp(1j * np.angle(x[..., None]))
+    y = np.concatenate([y, (x - y.sum(axis=-1))[..., None]], axis=-1)
+    if not iterations:
+        return y
+    max_abs = max(1, np.abs(x).max() / 10.0)
+    y = norbert.expectation_maximization(y / max_abs, x / max_abs, iterations, eps=eps)[0]
+    return y * max_abs
+
+
+def rel_error(ours: torch.Tensor, ref: np.ndarray) -> float:
+    ours = ours.detach().numpy()
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.mark.parametrize(
+    "shape,iterations,softmask,residual",
+    list(itertools.product(SHAPES, [1, 2], [False, True], [False, True])),
+)
+def test_matches_norbert(shape, iterations, softmask, residual):
+    v, x = random_problem(shape, seed=hash((shape, iterations, softmask, residual)) % 2**32)
+    ref = norbert_reference(v, x, iterations, softmask, residual)
+    ours = mwf.wiener(torch.from_numpy(v), torch.from_numpy(x), iterations, softmask, residual, eps=EPS)
+    assert ours.shape == ref.shape
+    assert ours.dtype == torch.complex128
+    assert rel_error(ours, ref) < 1e-6
+
+
+@pytest.mark.parametrize("softmask", [False, True])
+def test_zero_iterations_is_the_initial_estimate(softmask):
+    v, x = random_problem((6, 5, 2, 4), seed=7)
+    ref = norbert.wiener(v, x.copy(), iterations=0, use_softmask=softmask, eps=EPS)
+    ours = mwf.wiener(torch.from_numpy(v), torch.from_numpy(x), 0, softmask, eps=EPS)
+    assert rel_error(ours, ref) < 1e-12
+
+
+def test_batched_equals_each_item_and_norbert():
+    problems = [random_problem((6, 5, 2, 4), seed=s, scale=10.0**s) for s in range(3)]
+    v = torch.stack([torch.from_numpy(p[0]) for p in problems])
+    x = torch.stack([torch.from_numpy(p[1]) for p in problems])
+    batched = mwf.wiener(v, x, iterations=2)
+    for item, (vi, xi) in enumerate(problems):
+        alone = mwf.wiener(torch.from_numpy(vi), torch.from_numpy(xi), iterations=2)
+        assert torch.allclose(batched[item], alone, rtol=1e-12, atol=0)
+        assert rel_error(batched[item], norbert.wiener(vi, xi.copy(), iterations=2, use_softmask=False, eps=EPS)) < 1e-6
+
+
+def test_windowed_equals_unwindowed_when_window_covers_track():
+    v, x = random_problem((40, 6, 2, 4), seed=3)
+    v, x = torch.from_numpy(v), torch.from_numpy(x)
+    whole = mwf.wiener(v, x, iterations=1)
+    assert torch.equal(mwf.wiener_windowed(v, x, iterations=1, window=40), whole)
+    assert torch.equal(mwf.wiener_windowed(v, x, iterations=1, window=300), whole)
+
+
+def test_windowed_filters_each_window_on_its_own():
+    v, x = random_problem((25, 6, 2, 4), seed=4)
+    ours = mwf.wiener_windowed(torch.from_numpy(v), torch.from_numpy(x), iterations=1, window=10)
+    ref = np.concatenate([
+        norbert.wiener(v[s:s + 10], x[s:s + 10].copy(), iterations=1, use_softmask=False, eps=EPS)
+        for s in range(0, 25, 10)
+    ])
+    assert rel_error(ours, ref) < 1e-6
+    # and it differs from one filter over the whole track: the covariances are local
+    assert rel_error(mwf.wiener(torch.from_numpy(v), torch.from_numpy(x)), ref) > 1e-6
+
+
+def test_gradcheck_tiny():
+    gen = torch.Generator().manual_seed(0)
+    v = (torch.rand(3, 2, 2, 2, generator=gen, dtype=torch.float64) + 0.1).requires_grad_()
+    x = torch.randn(3, 2, 2, generator=gen, dtype=torch.complex128).requires_grad_()
+    for softmask in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda a, b: mwf.wiener(a, b, iterations=1, softmask=softmask, residual=True), (v, x)
+        )
+
+
+def test_silence_gives_finite_output_and_gradients():
+    v = torch.zeros(4, 3, 2, 4, dtype=torch.float32, requires_grad=True)
+    x = torch.zeros(4, 3, 2, dtype=torch.complex64)
+    for softmask in (False, True):
+        for iterations in (0, 1, 2):
+            y = mwf.wiener(v, x, iterations, softmask=softmask, residual=True)
+            assert torch.isfinite(torch.view_as_real(y)).all()
+            (grad,) = torch.autograd.grad(torch.view_as_real(y).sum(), v, allow_unused=True)
+            assert grad is None or torch.isfinite(grad).all()
+    # silent mixture under non-silent estimates
+    y = mwf.wiener(torch.ones(4, 3, 2, 4), x, 1)
+    assert torch.isfinite(torch.view_as_real(y)).all()
+
+
+def test_inputs_unchanged_and_dtype_kept():
+    v, x = random_problem((6, 5, 2, 4), seed=9)
+    v = torch.from_numpy(v).float()
+    x = torch.from_numpy(x).to(torch.complex64)
+    v0, x0 = v.clone(), x.clone()
+    y = mwf.wiener(v, x, iterations=2, residual=True)
+    assert torch.equal(v, v0) and torch.equal(x, x0)
+    assert y.dtype == torch.complex64
+    assert y.shape == (6, 5, 2, 5)
+
+
+def test_apply_wiener_model_layout():
+    gen = torch.Generator().manual_seed(5)
+    est = torch.rand(2, 4, 2, 9, 31, generator=gen)  # (batch, sources, channels, bins, frames)
+    mix = torch.randn(2, 2, 9, 31, generator=gen, dtype=torch.complex64)
+    out = mwf.apply_wiener(est, mix, iterations=1, window=10)
+    assert out.shape == (2, 4, 2, 9, 31)
+    ref = mwf.wiener_windowed(est[1].permute(3, 2, 1, 0), mix[1].permute(2, 1, 0), window=10)
+    assert torch.allclose(out[1], ref.permute(3, 2, 1, 0))
+
+
+def test_mismatched_shapes_are_rejected():
+    with pytest.raises(ValueError, match="do not match"):
+        mwf.wiener(torch.rand(4, 3, 2, 4), torch.zeros(4, 3, 1, dtype=torch.complex64))
