@@ -1,0 +1,249 @@
+"""Chunked inference: models over tracks of any length in bounded memory.
+
+A track is cut into segments of `segment` seconds that overlap by the fraction `overlap`.
+Each segment goes through a separation function (one model, or the blend of a bundle's
+models on that same segment), and consecutive segments are cross-faded over the middle
+half of their overlap, so that the edges of a segment, where it lacks context, carry no
+weight. Results come out as a stream of finished blocks: memory is bounded by the
+segment, not by the track.
+
+For spectrogram models a segment goes STFT -> model -> Wiener filter (over windows of
+frames) -> iSTFT; waveform models take the segment as it is. The shift trick runs each
+segment at `shifts` random offsets of up to `max_shift` seconds and averages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from . import spectral
+from .wiener import apply_wiener
+
+log = logging.getLogger(__name__)
+
+# (chunk (channels, samples)) -> (sources, channels, samples)
+SeparateFn = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a track is cut and filtered."""
+
+    segment: float = 10.0
+    """Segment length in seconds."""
+    overlap: float = 0.25
+    """Fraction of a segment shared with the next one, in [0, 0.5]."""
+    shifts: int = 0
+    """Random shifts per segment (the shift trick); 0 runs each segment once."""
+    max_shift: float = 0.5
+    """Largest shift in seconds."""
+    wiener_iterations: int = 1
+    """EM iterations of the Wiener filter for spectrogram models (0: mixture phase)."""
+    wiener_window: int = 300
+    """Frames per Wiener filter window."""
+    softmask: bool = False
+    """Start the Wiener filter from ratio masks instead of magnitudes with the mixture phase."""
+    seed: int = 0
+    """Seed of the shift trick's offsets, for reproducible output."""
+
+    def __post_init__(self) -> None:
+        if self.segment <= 0:
+            raise ValueError("segment must be a positive number of seconds")
+        if not 0 <= self.overlap <= 0.5:
+            raise ValueError("overlap must be between 0 and 0.5")
+        if self.shifts < 0:
+            raise ValueError("shifts must be 0 or more")
+        if self.wiener_iterations < 0:
+            raise ValueError("wiener_iterations must be 0 or more")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' picks CUDA, then Apple's MPS, then the CPU; anything else is taken as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    resolved = torch.device(device)
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but CUDA is not available")
+    return resolved
+
+
+class ModelRunner:
+    """One model as a separation function on a chunk `(channels, samples)` -> `(sources, channels, samples)`.
+
+    Handles the model's input domain: waveform models get the chunk; spectrogram models
+    get the magnitude STFT and their masks or magnitudes are Wiener-filtered against the
+    mixture STFT and inverted to exactly the chunk's length.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, options: EngineOptions):
+        self.model = model
+        self.device = device
+        self.options = options
+        self.sources: List[str] = list(model.sources)
+        self.input_domain: str = model.input_domain
+        self.output_kind: str = model.output_kind
+
+    @torch.no_grad()
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        length = chunk.shape[-1]
+        x = chunk.to(self.device, torch.float32).unsqueeze(0)
+        if self.input_domain == "waveform":
+            out = self.model(x)[0]
+        else:
+            out = self._spectrogram(x, length)
+        return out.float().cpu()
+
+    def _spectrogram(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        # The STFT's reflect padding needs more than n_fft / 2 samples.
+        padded = max(length, spectral.N_FFT)
+        if padded > length:
+            x = torch.nn.functional.pad(x, [0, padded - length])
+        mix_stft = spectral.stft(x)  # (1, channels, bins, frames)
+        mag = mix_stft.abs()
+        out = self.model(mag)
+        if self.output_kind == "mask":
+            estimates = out * mag.unsqueeze(1)
+        else:  # a single-target magnitude model: (1, channels, bins, frames)
+            estimates = out if out.dim() == 5 else out.unsqueeze(1)
+        filtered = apply_wiener(
+            estimates,
+            mix_stft,
+            iterations=self.options.wiener_iterations,
+            softmask=self.options.softmask,
+            window=self.options.wiener_window,
+        )
+        return spectral.istft(filtered[0], padded)[..., :length]
+
+
+def plan_segments(length: int, segment: int, overlap: float) -> List[Tuple[int, int]]:
+    """(start, stop) sample ranges covering `length`; each overlaps the next by `segment * overlap`."""
+    if length <= segment:
+        return [(0, length)]
+    stride = max(1, segment - int(round(segment * overlap)))
+    bounds = []
+    start = 0
+    while True:
+        stop = min(start + segment, length)
+        bounds.append((start, stop))
+        if stop >= length:
+            return bounds
+        start += stride
+
+
+def _crossfade(overlap: int, dtype: torch.dtype) -> torch.Tensor:
+    """Weight of the later segment over an overlap: 0 on the first quarter, a linear ramp, 1 on the last quarter."""
+    if overlap == 0:
+        return torch.ones(0, dtype=dtype)
+    position = torch.arange(overlap, dtype=torch.float64) + 0.5
+    ramp = ((position - overlap / 4) / (overlap / 2)).clamp(0, 1)
+    return ramp.to(dtype)
+
+
+def _shifted(fn: SeparateFn, track: torch.Tensor, start: int, stop: int, shifts: int,
+             max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """fn on track[start:stop], averaged over `shifts` random earlier starts (zeros before the track)."""
+    if shifts == 0 or max_shift == 0:
+        return fn(track[:, start:stop])
+    total: Optional[torch.Tensor] = None
+    for _ in range(shifts):
+        offset = int(torch.randint(0, max_shift + 1, (1,), generator=generator))
+        begin = start - offset
+        window = track[:, max(0, begin):stop]
+        if begin < 0:
+            window = torch.nn.functional.pad(window, [-begin, 0])
+        out = fn(window)[..., offset:]
+        total = out if total is None else total + out
+    assert total is not None
+    return total / shifts
+
+
+def stream(
+    fn: SeparateFn,
+    track: torch.Tensor,
+    samplerate: int,
+    options: EngineOptions,
+    progress: Optional[ProgressFn] = None,
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Separate `track` `(channels, samples)` segment by segment.
+
+    Yields `(start, block)` with `block` of shape `(sources, channels, n)`: consecutive,
+    finished pieces of the output that together cover the track exactly once.
+    """
+    length = track.shape[-1]
+    segment = max(1, int(round(options.segment * samplerate)))
+    bounds = plan_segments(length, segment, options.overlap)
+    generator = torch.Generator().manual_seed(options.seed)
+    max_shift = int(round(options.max_shift * samplerate))
+    tail: Optional[torch.Tensor] = None  # previous segment's output from the next segment's start on
+    emitted = 0
+    for index, (start, stop) in enumerate(bounds):
+        out = _shifted(fn, track, start, stop, options.shifts, max_shift, generator)
+        if tail is not None:
+            shared = tail.shape[-1]
+            fade = _crossfade(shared, out.dtype)
+            out = out.clone()
+            out[..., :shared] = tail * (1 - fade) + out[..., :shared] * fade
+        if index + 1 < len(bounds):
+            next_start = bounds[index + 1][0]
+            keep = next_start - start
+            block, tail = out[..., :keep], out[..., keep:]
+        else:
+            block, tail = out, None
+        if block.shape[-1]:
+            yield emitted, block
+            emitted += block.shape[-1]
+        if progress is not None:
+            progress(stop if tail is None else bounds[index + 1][0], length)
+    if emitted != length:  # pragma: no cover - guarded by plan_segments
+        raise RuntimeError(f"internal error: emitted {emitted} of {length} samples")
+
+
+def separate(
+    fn: SeparateFn,
+    track: torch.Tensor,
+    samplerate: int,
+    options: EngineOptions,
+    progress: Optional[ProgressFn] = None,
+) -> torch.Tensor:
+    """The whole output `(sources, channels, samples)` of `stream`, gathered in memory."""
+    blocks = [block for _, block in stream(fn, track, samplerate, options, progress)]
+    return torch.cat(blocks, dim=-1)
+
+
+class Blend:
+    """Weighted per-source sum of several runners on the same chunk.
+
+    weights[m][source] is model m's weight for that source; a model that does not
+    produce a source contributes nothing to it.
+    """
+
+    def __init__(self, runners: Sequence[SeparateFn], weights: Sequence[dict], sources: Sequence[str]):
+        if len(runners) != len(weights):
+            raise ValueError("one weight table per model is needed")
+        self.runners = list(runners)
+        self.weights = [dict(w) for w in weights]
+        self.sources = list(sources)
+
+    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(len(self.sources), chunk.shape[0], chunk.shape[-1])
+        for runner, weights in zip(self.runners, self.weights):
+            if not any(weights.get(s, 0.0) for s in self.sources):
+                continue
+            out = runner(chunk)
+            for j, name in enumerate(runner.sources):
+                if name in self.sources and weights.get(name, 0.0):
+                    total[self.sources.index(name)] += weights[name] * out[j]
+        return total
