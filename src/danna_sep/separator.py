@@ -86,8 +86,6 @@ class Separator:
         return stream(self._blend, wav, SAMPLERATE, self.options, self.progress)
 
     def separate_tensor(self, wav: torch.Tensor, samplerate: int = SAMPLERATE) -> Dict[str, torch.Tensor]:
-        from .audio import resample
-
         track = wav.detach().to("cpu", torch.float32)
         if track.dim() == 1:
             track = track.unsqueeze(0)
@@ -101,6 +99,8 @@ class Separator:
         if length == 0:
             raise ValueError("no samples to separate")
         if samplerate != SAMPLERATE:
+            from .audio import resample
+
             track = resample(track, samplerate, SAMPLERATE)
         out = torch.cat([block for _, block in self.stream(track.contiguous())], dim=-1)
         stems = {}

@@ -1,0 +1,134 @@
+"""Bundles: our format (manifest + safetensors + sha256) and the original tool's TorchScript folder."""
+
+import json
+
+import pytest
+import torch
+
+from danna_sep import bundle as bundles
+from danna_sep import models
+from danna_sep.bundle import Bundle, BundleError, Member
+from danna_sep.engine import EngineOptions
+from danna_sep.separator import Separator
+from conftest import randomize
+
+TINY = {
+    "xumx": dict(hidden_channels=8, max_bins=64, nb_layers=1),
+    "unet_attn": dict(max_bins=128, k=2, original_padding_bias=True),
+    "demucs_split": dict(channels=4, depth=4),
+}
+
+
+def tiny_members(seed=0, fast=False):
+    table = bundles.FAST_BLEND if fast else bundles.PAPER_BLEND
+    members = []
+    for index, (name, blend) in enumerate(table.items()):
+        torch.manual_seed(seed + index)
+        model = randomize(models.build(name, **TINY[name]), seed=seed + index, scale=0.05).eval()
+        members.append(Member(name=name, model=model, blend=dict(blend), kwargs=dict(TINY[name])))
+    return members
+
+
+@pytest.fixture(scope="module")
+def saved_bundle(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bundles") / "tiny"
+    bundles.save_bundle(folder, tiny_members())
+    return folder
+
+
+def test_save_and_load_round_trip(saved_bundle):
+    manifest = json.loads((saved_bundle / "bundle.json").read_text())
+    assert manifest["format"] == "danna-sep-bundle"
+    assert [m["name"] for m in manifest["models"]] == ["xumx", "unet_attn", "demucs_split"]
+    for entry in manifest["models"]:
+        assert len(entry["sha256"]) == 64
+        assert abs(sum(entry["blend"].values()) - sum(bundles.PAPER_BLEND[entry["name"]].values())) < 1e-9
+    loaded = bundles.load_bundle(saved_bundle)
+    for original, member in zip(tiny_members(), loaded.members):
+        for key, value in original.model.state_dict().items():
+            assert torch.equal(member.model.state_dict()[key], value)
+    assert not any(p.name.startswith(".") for p in saved_bundle.parent.iterdir())
+
+
+def test_existing_bundle_not_overwritten_without_force(saved_bundle):
+    with pytest.raises(BundleError, match="already exists"):
+        bundles.save_bundle(saved_bundle, tiny_members())
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_tampered_truncated_and_missing_weights_are_named(saved_bundle, tmp_path):
+    weights = sorted(p.name for p in saved_bundle.glob("*.safetensors"))
+    tampered = _copy(saved_bundle, tmp_path / "tampered")
+    data = bytearray((tampered / weights[0]).read_bytes())
+    data[-1] ^= 0xFF
+    (tampered / weights[0]).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{weights[0]}: sha256 does not match"):
+        bundles.load_bundle(tampered)
+
+    truncated = _copy(saved_bundle, tmp_path / "truncated")
+    (truncated / weights[1]).write_bytes((truncated / weights[1]).read_bytes()[:100])
+    with pytest.raises(BundleError, match=f"{weights[1]}: sha256 does not match"):
+        bundles.load_bundle(truncated)
+
+    missing = _copy(saved_bundle, tmp_path / "missing")
+    (missing / weights[2]).unlink()
+    with pytest.raises(BundleError, match=f"{weights[2]}: weights file missing"):
+        bundles.load_bundle(missing)
+
+    with pytest.raises(BundleError, match="not a bundle"):
+        bundles.load_bundle(tmp_path)
+
+
+def test_separator_blend_equals_weighted_members(saved_bundle):
+    loaded = bundles.load_bundle(saved_bundle)
+    options = dict(device="cpu", segment=0.5, overlap=0.25)
+    separator = Separator(loaded, **options)
+    gen = torch.Generator().manual_seed(3)
+    wav = torch.randn(2, 30_000, generator=gen) * 0.2
+    before = wav.clone()
+    stems = separator.separate_tensor(wav)
+    assert torch.equal(wav, before)
+    assert list(stems) == ["drums", "bass", "other", "vocals"]
+    expected = {s: torch.zeros(2, 30_000) for s in stems}
+    for member in loaded.members:
+        alone = Separator(Bundle([Member(member.name, member.model, {s: 1.0 for s in stems})], list(stems)), **options)
+        single = alone.separate_tensor(wav)
+        for s in stems:
+            expected[s] += member.blend[s] * single[s]
+    for s in stems:
+        assert stems[s].shape == (2, 30_000)
+        assert (stems[s] - expected[s]).abs().max().item() < 1e-5
+
+
+def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bundle, tmp_path):
+    loaded = bundles.load_bundle(saved_bundle)
+    folder = bundles.export_original(loaded, tmp_path / "checkpoints")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(bundles.ORIGINAL_FILES.values())
+    original = bundles.load_original(folder)
+    wav = torch.randn(2, 25_000, generator=torch.Generator().manual_seed(4)) * 0.2
+    # the U-Net loaded from an original file keeps the original's attention padding bias
+    assert original.members[1].kwargs["original_padding_bias"] is True
+    eager = Separator(loaded, device="cpu", segment=0.5).separate_tensor(wav)
+    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5).separate_tensor(wav)
+    for s in eager:
+        assert (eager[s] - from_files[s]).abs().max().item() < 1e-5
+
+    fast = bundles.load_original(folder, fast=True)
+    assert [m.name for m in fast.members] == ["unet_attn", "demucs_split"]
+    (folder / "xumx_mwf.pth").unlink()
+    with pytest.raises(BundleError, match="xumx_mwf.pth: checkpoint missing"):
+        bundles.load_original(folder)
+    (folder / "unet_attention.pth").write_text("garbage")
+    with pytest.raises(BundleError, match="unet_attention.pth: not a readable TorchScript file"):
+        bundles.load_original(folder, fast=True)
+
+
+def test_default_bundle_missing_is_one_clear_error():
+    with pytest.raises(BundleError, match="no default bundle is shipped yet"):
+        Separator(device="cpu")
