@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, Dict, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import __version__
 
@@ -30,6 +31,152 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str) -> List[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _collect_inputs(paths: List[str]) -> Tuple[List[Path], List[str]]:
+    """Audio files named or found (recursively) in the folders given; problems as one line each."""
+    from .audio import is_audio_file
+
+    files: List[Path] = []
+    problems: List[str] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
+            if not found:
+                problems.append(f"{path}: folder holds no audio files")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append(f"{path}: no such file")
+    return files, problems
+
+
+def _track_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _stem_paths(args: argparse.Namespace, path: Path, stems: List[str]) -> Dict[str, Path]:
+    ext = args.format
+    out = {}
+    for stem in stems:
+        relative = args.filename.format(track=_track_name(path), stem=stem, ext=ext)
+        out[stem] = Path(args.out) / relative
+    return out
+
+
+def _cmd_separate(args: argparse.Namespace) -> int:
+    import time
+
+    import torch
+
+    from .audio import AudioError, load, resample, write_audio
+    from .bundle import BundleError
+    from .separator import SAMPLERATE, Separator
+
+    if args.format == "flac" and args.bit_depth == 32:
+        print("danna-sep: flac takes --bit-depth 16 or 24", file=sys.stderr)
+        return 2
+    files, problems = _collect_inputs(args.inputs)
+    for line in problems:
+        print(f"danna-sep: {line}", file=sys.stderr)
+    if not files:
+        return 1
+    try:
+        separator = Separator(
+            args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=args.device,
+            segment=args.segment, overlap=args.overlap, shifts=args.shifts,
+        )
+    except BundleError as exc:
+        print(f"danna-sep: {exc}", file=sys.stderr)
+        return 2 if "no default bundle" in str(exc) else 1
+    except ValueError as exc:
+        print(f"danna-sep: {exc}", file=sys.stderr)
+        return 2
+
+    sources = separator.sources
+    if args.two_stems:
+        if args.two_stems not in sources:
+            print(f"danna-sep: --two-stems {args.two_stems}: not one of {', '.join(sources)}", file=sys.stderr)
+            return 2
+        wanted = [args.two_stems, f"no_{args.two_stems}"]
+    elif args.stems:
+        unknown = [s for s in args.stems if s not in sources]
+        if unknown:
+            print(f"danna-sep: --stems: unknown {', '.join(unknown)} (sources: {', '.join(sources)})", file=sys.stderr)
+            return 2
+        wanted = list(args.stems)
+    else:
+        wanted = sources
+
+    failures = len(problems)
+    for path in files:
+        targets = _stem_paths(args, path, wanted)
+        existing = [str(p) for p in targets.values() if p.exists()]
+        if existing and not args.force:
+            print(f"danna-sep: {existing[0]}: already exists (use --force to overwrite)", file=sys.stderr)
+            failures += 1
+            continue
+        written: List[Path] = []
+        started = time.monotonic()
+        try:
+            wav, rate = load(path)
+            out_rate = args.samplerate or rate
+            bar = None
+            if not args.quiet:
+                from tqdm import tqdm
+
+                bar = tqdm(total=wav.shape[-1], unit="sample", unit_scale=True, desc=path.name,
+                           file=sys.stderr, leave=False)
+            blocks = []
+            for _, block in separator.stream(wav):
+                blocks.append(block)
+                if bar is not None:
+                    bar.update(block.shape[-1])
+            if bar is not None:
+                bar.close()
+            estimates = torch.cat(blocks, dim=-1)
+            stems = {name: estimates[i] for i, name in enumerate(sources)}
+            if args.two_stems:
+                other = sum(v for k, v in stems.items() if k != args.two_stems)
+                stems = {args.two_stems: stems[args.two_stems], f"no_{args.two_stems}": other}
+            stems = {k: stems[k] for k in wanted}
+            if out_rate != SAMPLERATE:
+                stems = {k: resample(v, SAMPLERATE, out_rate) for k, v in stems.items()}
+            if args.clip == "rescale":
+                peak = max(float(v.abs().max()) for v in stems.values())
+                if peak > 1.0:
+                    stems = {k: v / peak for k, v in stems.items()}
+            elif args.clip == "clamp":
+                stems = {k: v.clamp(-1.0, 1.0) for k, v in stems.items()}
+            for name, target in targets.items():
+                written.append(write_audio(target, stems[name], out_rate, format=args.format,
+                                           bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate,
+                                           force=args.force))
+        except (AudioError, ValueError) as exc:
+            print(f"danna-sep: {exc}" if str(path) in str(exc) else f"danna-sep: {path}: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        except KeyboardInterrupt:
+            for done in written:  # a track is written whole or not at all
+                done.unlink(missing_ok=True)
+            raise
+        if not args.quiet:
+            seconds = wav.shape[-1] / SAMPLERATE
+            took = time.monotonic() - started
+            folder = targets[wanted[0]].parent
+            print(f"{path.name} -> {folder}/ ({len(targets)} stems, {seconds:.1f} s of audio in {took:.1f} s, "
+                  f"{seconds / max(took, 1e-9):.1f}x real time)", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="danna-sep",
@@ -43,6 +190,36 @@ def build_parser() -> argparse.ArgumentParser:
         "models", help="list the model registry with each default model's size and input domain"
     )
     p_models.set_defaults(handler=_cmd_models)
+
+    p_sep = sub.add_parser("separate", help="split songs into stems")
+    p_sep.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p_sep.add_argument("-o", "--out", default="separated", help="output folder (default: %(default)s)")
+    which = p_sep.add_argument_group("models")
+    which.add_argument("--bundle", default=None, help="bundle folder or shipped bundle name (default: the shipped default)")
+    which.add_argument("--checkpoints", default=None, metavar="DIR",
+                       help="the original tool's TorchScript checkpoints folder")
+    which.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
+    what = p_sep.add_argument_group("output")
+    what.add_argument("--stems", type=_comma_list, default=None, help="comma-separated stems to write, e.g. drums,vocals")
+    what.add_argument("--two-stems", default=None, metavar="STEM", help="write STEM and no_STEM")
+    what.add_argument("--filename", default="{track}/{stem}.{ext}",
+                      help="output path template with {track}, {stem}, {ext} (default: %(default)s)")
+    what.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
+    what.add_argument("--bit-depth", type=int, choices=[16, 24, 32], default=16,
+                      help="16 or 24 bit PCM, or 32 bit float (wav only)")
+    what.add_argument("--mp3-bitrate", type=int, default=320, help="kbps (default: %(default)s)")
+    what.add_argument("--samplerate", type=int, default=None, help="output rate (default: the input's)")
+    what.add_argument("--clip", choices=["rescale", "clamp", "none"], default="rescale",
+                      help="rescale: all stems of a track scaled together below full scale; "
+                           "clamp: clip each sample; none: exact floats (default: %(default)s)")
+    what.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    how = p_sep.add_argument_group("processing")
+    how.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    how.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
+    how.add_argument("--overlap", type=float, default=0.25, help="overlap between segments, 0 to 0.5 (default: %(default)s)")
+    how.add_argument("--shifts", type=int, default=0, help="random shifts per segment (default: %(default)s)")
+    p_sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    p_sep.set_defaults(handler=_cmd_separate)
     return parser
 
 
