@@ -177,6 +177,11 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+# Subcommands that live in their own modules under danna_sep.commands; each module has
+# `register(subparsers)` and imports its heavy dependencies only inside its handler.
+EXTRA_COMMANDS = ("corpus", "train", "export", "evaluate")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="danna-sep",
@@ -220,6 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--shifts", type=int, default=0, help="random shifts per segment (default: %(default)s)")
     p_sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     p_sep.set_defaults(handler=_cmd_separate)
+
+    import importlib
+
+    for name in EXTRA_COMMANDS:
+        try:
+            module = importlib.import_module(f"danna_sep.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"danna_sep.commands.{name}":
+                raise
+            continue  # not written yet
+        module.register(sub)
     return parser
 
 

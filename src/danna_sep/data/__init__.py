@@ -1,0 +1,1 @@
+"""Track sources, segment samplers and augmentations for training and evaluation."""
