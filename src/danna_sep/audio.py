@@ -19,12 +19,15 @@ import secrets
 import struct
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Literal, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Iterator, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile
 import soxr
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -148,36 +151,6 @@ def _finish(path: Path, data: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
 
 
-def _read_soundfile(path: Path) -> Optional[Tuple[np.ndarray, int]]:
-    """Decode with libsndfile: float32 `(channels, samples)` and the rate, or None when
-    libsndfile does not recognise the format (the caller then tries PyAV).
-
-    Raises AudioError when the format is recognised but the data is cut short or corrupt.
-    """
-    try:
-        handle = soundfile.SoundFile(str(path))
-    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as error:
-        log.debug("%s: libsndfile cannot open it (%s); trying ffmpeg", path, _one_line(error))
-        return None
-    with handle:
-        if handle.format in ("WAV", "WAVEX", "AIFF"):
-            overrun = _declared_data_overrun(path, path.stat().st_size)
-            if overrun:
-                raise AudioError(f"{path}: truncated or corrupt audio ({overrun})")
-        declared = handle.frames
-        try:
-            data = handle.read(dtype="float32", always_2d=True)
-        except (soundfile.SoundFileError, RuntimeError, ValueError, MemoryError) as error:
-            raise AudioError(f"{path}: truncated or corrupt audio ({_one_line(error)})") from None
-        rate = handle.samplerate
-        if handle.format in _EXACT_LENGTH_FORMATS and len(data) < declared:
-            raise AudioError(
-                f"{path}: truncated or corrupt audio "
-                f"(header declares {declared} frames, only {len(data)} decoded)"
-            )
-    return data.T, rate
-
-
 def _frame_to_array(frame) -> np.ndarray:
     """A decoded PyAV audio frame as float32 `(channels, samples)`."""
     array = frame.to_ndarray()
@@ -263,6 +236,148 @@ def _read_pyav(path: Path, streams: Optional[Sequence[int]]) -> List[Tuple[np.nd
 
 # --------------------------------------------------------------------------- reading
 
+BLOCK = 1 << 16  # frames per block when reading in pieces
+
+
+class AudioBlocks:
+    """An audio file opened for reading in order, block by block.
+
+    `samplerate` and `channels` are known on opening; iterating yields float32
+    `(channels, n)` numpy blocks, each checked (NaN and infinite samples, a file cut
+    short or corrupt) as it is decoded, so no more than a block is held at a time.
+    Iterate once.
+    """
+
+    def __init__(self, path: Path, samplerate: int, channels: int, blocks: Iterator[np.ndarray]):
+        self.path = path
+        self.samplerate = samplerate
+        self.channels = channels
+        self._blocks = blocks
+        self.frames_read = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for data in self._blocks:
+            if data.shape[1] == 0:
+                continue
+            if data.shape[0] != self.channels:
+                raise AudioError(f"{self.path}: channel count changes inside the stream")
+            if not np.isfinite(data).all():
+                raise AudioError(f"{self.path}: contains NaN or infinite samples")
+            self.frames_read += data.shape[1]
+            yield np.ascontiguousarray(data, dtype=np.float32)
+        if self.frames_read == 0:
+            raise AudioError(f"{self.path}: no samples")
+
+
+def _soundfile_blocks(path: Path, block: int) -> Optional[AudioBlocks]:
+    """Blocks decoded by libsndfile, or None when it does not recognise the format (the
+    caller then tries PyAV). A recognised but cut-off or corrupt file raises AudioError."""
+    try:
+        handle = soundfile.SoundFile(str(path))
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError) as error:
+        log.debug("%s: libsndfile cannot open it (%s); trying ffmpeg", path, _one_line(error))
+        return None
+    if handle.format in ("WAV", "WAVEX", "AIFF"):
+        overrun = _declared_data_overrun(path, path.stat().st_size)
+        if overrun:
+            handle.close()
+            raise AudioError(f"{path}: truncated or corrupt audio ({overrun})")
+
+    def blocks() -> Iterator[np.ndarray]:
+        with handle:
+            declared, decoded = handle.frames, 0
+            while True:
+                try:
+                    data = handle.read(block, dtype="float32", always_2d=True)
+                except (soundfile.SoundFileError, RuntimeError, ValueError, MemoryError) as error:
+                    raise AudioError(f"{path}: truncated or corrupt audio ({_one_line(error)})") from None
+                if not len(data):
+                    break
+                decoded += len(data)
+                yield data.T
+            if handle.format in _EXACT_LENGTH_FORMATS and decoded < declared:
+                raise AudioError(
+                    f"{path}: truncated or corrupt audio "
+                    f"(header declares {declared} frames, only {decoded} decoded)"
+                )
+
+    return AudioBlocks(path, handle.samplerate, handle.channels, blocks())
+
+
+def _pyav_blocks(path: Path, stream: int) -> AudioBlocks:
+    """Blocks of one audio stream decoded by PyAV (ffmpeg)."""
+    import av  # deferred: PyAV is only needed for formats libsndfile cannot read
+
+    ffmpeg_error = getattr(av, "FFmpegError", None) or av.error.FFmpegError
+    try:
+        container = av.open(str(path), mode="r")
+    except (ffmpeg_error, OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or _one_line(error)
+        raise AudioError(f"{path}: not an audio file ({reason})") from None
+    audio = list(container.streams.audio)
+    if not audio:
+        container.close()
+        raise AudioError(f"{path}: not an audio file (no audio stream)")
+    if not 0 <= stream < len(audio):
+        container.close()
+        raise AudioError(f"{path}: has {len(audio)} audio stream(s); stream {stream} does not exist")
+    chosen = audio[stream]
+    rate = chosen.codec_context.sample_rate or chosen.rate
+    channels = chosen.codec_context.channels
+    declared = _declared_samples(container, chosen, rate)
+
+    def blocks() -> Iterator[np.ndarray]:
+        # The last 8192 samples are held back: an MP4 index may say they are AAC padding.
+        parts: List[np.ndarray] = [np.zeros((channels, 0), np.float32)]
+        pending = emitted = 0
+        with container:
+            try:
+                for packet in container.demux(chosen):
+                    for frame in packet.decode():
+                        if frame.sample_rate != rate:
+                            raise AudioError(
+                                f"{path}: sample rate changes inside the stream ({rate} -> {frame.sample_rate} Hz)"
+                            )
+                        data = _frame_to_array(frame)
+                        if data.shape[0] != channels:
+                            raise AudioError(f"{path}: channel count changes inside the stream")
+                        parts.append(data)
+                        pending += data.shape[1]
+                        if pending > 8192 + BLOCK:
+                            held = np.concatenate(parts, axis=1)
+                            cut = held.shape[1] - 8192
+                            emitted += cut
+                            yield held[:, :cut]
+                            parts, pending = [held[:, cut:]], 8192
+            except AudioError:
+                raise
+            except (ffmpeg_error, OSError, ValueError, MemoryError) as error:
+                raise AudioError(f"{path}: truncated or corrupt audio ({_one_line(error)})") from None
+        held = np.concatenate(parts, axis=1)
+        total = emitted + held.shape[1]
+        if declared is not None and 0 < total - declared <= 8192:
+            held = held[:, : max(0, declared - emitted)]
+        yield held
+
+    return AudioBlocks(path, rate, channels, blocks())
+
+
+def open_blocks(path: PathLike, stream: int = 0, block: int = BLOCK) -> AudioBlocks:
+    """Open any audio file to read in order, block by block (see `AudioBlocks`).
+
+    Raises AudioError for a missing, empty, cut-off, corrupt or non-audio file (some of
+    these only while iterating).
+    """
+    path = Path(path)
+    if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
+        raise ValueError(f"stream must be a non-negative integer, got {stream!r}")
+    _check_readable(path)
+    if stream == 0:
+        found = _soundfile_blocks(path, block)
+        if found is not None:
+            return found
+    return _pyav_blocks(path, stream)
+
 
 def read_audio(path: PathLike, stream: int = 0) -> Tuple[torch.Tensor, int]:
     """Read an audio file as it is: float32 `(channels, samples)` and its sample rate.
@@ -271,17 +386,9 @@ def read_audio(path: PathLike, stream: int = 0) -> Tuple[torch.Tensor, int]:
     1 drums, 2 bass, 3 other, 4 vocals). Raises AudioError for a missing, empty, cut-off,
     corrupt or non-audio file, one without samples, or one with NaN/infinite samples.
     """
-    path = Path(path)
-    if isinstance(stream, bool) or not isinstance(stream, int) or stream < 0:
-        raise ValueError(f"stream must be a non-negative integer, got {stream!r}")
-    _check_readable(path)
-    if stream == 0:
-        decoded = _read_soundfile(path)
-        if decoded is not None:
-            data, rate = decoded
-            return _finish(path, data), rate
-    ((data, rate),) = _read_pyav(path, [stream])
-    return _finish(path, data), rate
+    reader = open_blocks(path, stream)
+    data = np.concatenate(list(reader), axis=1)
+    return torch.from_numpy(data), reader.samplerate
 
 
 def read_audio_streams(path: PathLike) -> Tuple[List[torch.Tensor], int]:
@@ -292,10 +399,9 @@ def read_audio_streams(path: PathLike) -> Tuple[List[torch.Tensor], int]:
     """
     path = Path(path)
     _check_readable(path)
-    decoded = _read_soundfile(path)
-    if decoded is not None:
-        data, rate = decoded
-        return [_finish(path, data)], rate
+    single = _soundfile_blocks(path, BLOCK)
+    if single is not None:
+        return [torch.from_numpy(np.concatenate(list(single), axis=1))], single.samplerate
     found = _read_pyav(path, None)
     rate = found[0][1]
     tensors = []
@@ -367,6 +473,44 @@ def load(
     return wav.contiguous(), rate
 
 
+def load_spooled(
+    path: PathLike, samplerate: int = SAMPLERATE, channels: int = 2, directory: Optional[str] = None
+) -> Tuple["Spool", int, int]:
+    """Like `load`, but block by block into a `Spool` on disk, so that memory does not
+    grow with the track: returns the spool (float32 `(channels, samples)` at
+    `samplerate`), the file's original rate and its original number of samples."""
+    from .spool import Spool
+
+    if channels not in (1, 2):
+        raise ValueError(f"channels must be 1 or 2, got {channels}")
+    reader = open_blocks(path)
+    if reader.channels > 2:
+        how = "ITU-R BS.775 5.1 downmix, LFE dropped" if reader.channels == 6 else "channels averaged"
+        log.warning("%s: %d channels downmixed to %s (%s)", path, reader.channels,
+                    "stereo" if channels == 2 else "mono", how)
+    resampler = None
+    if reader.samplerate != samplerate:
+        resampler = soxr.ResampleStream(reader.samplerate, samplerate, channels, dtype="float32", quality="HQ")
+    spool = Spool(channels, directory)
+    try:
+        for block in reader:
+            mixed = downmix(torch.from_numpy(block), channels).numpy()
+            if resampler is not None:
+                mixed = resampler.resample_chunk(np.ascontiguousarray(mixed.T), last=False).T
+            if mixed.shape[1]:
+                spool.append(mixed)
+        if resampler is not None:
+            tail = resampler.resample_chunk(np.zeros((0, channels), np.float32), last=True).T
+            if tail.shape[1]:
+                spool.append(tail)
+        if spool.length == 0:
+            raise AudioError(f"{path}: no samples")
+    except BaseException:
+        spool.close()
+        raise
+    return spool, reader.samplerate, reader.frames_read
+
+
 def resample(wav: torch.Tensor, from_rate: int, to_rate: int) -> torch.Tensor:
     """Resample `(..., samples)` (normally `(channels, samples)`) with soxr, high quality.
 
@@ -430,23 +574,6 @@ def _quantise(frames: np.ndarray, bits: int) -> np.ndarray:
     return (np.clip(scaled, -8388608, 8388607).astype(np.int32) << 8).astype(np.int32)
 
 
-def _write_soundfile(
-    target: Path, frames: np.ndarray, samplerate: int, kind: str, bit_depth: int
-) -> None:
-    subtype = (_WAV_SUBTYPES if kind == "wav" else _FLAC_SUBTYPES)[bit_depth]
-    block = 1 << 18
-    with soundfile.SoundFile(
-        str(target), mode="w", samplerate=samplerate, channels=frames.shape[1],
-        subtype=subtype, format=kind.upper(),
-    ) as handle:
-        for start in range(0, len(frames), block):
-            chunk = frames[start:start + block]
-            if bit_depth == 32:
-                handle.write(chunk)
-            else:
-                handle.write(_quantise(chunk, bit_depth))
-
-
 def _mp3_rate(samplerate: int) -> int:
     """The MP3 sample rate to encode at: the input's when MP3 allows it, else a close one."""
     if samplerate in _MP3_RATES:
@@ -456,29 +583,6 @@ def _mp3_rate(samplerate: int) -> int:
             return base
     lower = [rate for rate in _MP3_RATES if rate <= samplerate]
     return lower[-1] if lower else _MP3_RATES[0]
-
-
-def _write_mp3(target: Path, frames: np.ndarray, samplerate: int, bitrate_kbps: int) -> None:
-    """Encode with PyAV's libmp3lame at a constant `bitrate_kbps`; the ffmpeg muxer writes
-    a LAME/Xing header, so decoders that honour it (mpg123, ffmpeg) trim the encoder delay
-    and padding and give back the original length."""
-    import av  # deferred import
-
-    planar = np.ascontiguousarray(np.clip(frames, -1.0, 1.0).T)  # (channels, samples)
-    layout = "mono" if planar.shape[0] == 1 else "stereo"
-    with av.open(str(target), mode="w", format="mp3") as container:
-        stream = container.add_stream("libmp3lame", rate=samplerate, layout=layout)
-        stream.bit_rate = int(bitrate_kbps) * 1000
-        block = 1152 * 256
-        for start in range(0, planar.shape[1], block):
-            chunk = np.ascontiguousarray(planar[:, start:start + block])
-            frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=layout)
-            frame.sample_rate = samplerate
-            frame.pts = start
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
 
 
 def _write_errors(kind: str) -> tuple:
@@ -521,25 +625,7 @@ def _reserve_temporary(parent: Path, name: str, extension: str) -> Path:
     raise AudioError(f"{parent}: cannot create a temporary file")
 
 
-def write_audio(
-    path: PathLike,
-    wav: torch.Tensor,
-    samplerate: int,
-    format: Format = "wav",
-    bit_depth: BitDepth = 16,
-    mp3_bitrate: int = 320,
-    force: bool = False,
-) -> Path:
-    """Write float `(channels, samples)` audio atomically and return the final path.
-
-    wav: PCM_16, PCM_24, or 32-bit float; flac: 16 or 24 bit; mp3: constant `mp3_bitrate`
-    kbps (bit_depth ignored; 1 or 2 channels; rates MP3 cannot carry are resampled to a
-    close one with a warning). PCM samples are clamped to [-1, 1] before quantisation.
-    The data goes to a hidden temporary file in the target folder, then `os.replace`
-    puts it in place; on any failure (KeyboardInterrupt included) the temporary file is
-    removed. An existing target is an AudioError unless `force`. Missing folders are made.
-    """
-    path = Path(path)
+def _check_write_options(path: Path, format: str, bit_depth: int, mp3_bitrate: int, samplerate: int) -> None:
     if format not in ("wav", "flac", "mp3"):
         raise ValueError(f"format must be 'wav', 'flac' or 'mp3', got {format!r}")
     if format == "wav" and bit_depth not in _WAV_SUBTYPES:
@@ -552,46 +638,192 @@ def write_audio(
         raise ValueError(f"mp3 bitrate must be an integer from 8 to 320 kbps, got {mp3_bitrate!r}")
     if isinstance(samplerate, bool) or not isinstance(samplerate, (int, np.integer)) or samplerate <= 0:
         raise ValueError(f"samplerate must be a positive integer, got {samplerate!r}")
-    samplerate = int(samplerate)
-    frames = _as_frames(path, wav)
-    if format == "mp3":
-        if frames.shape[1] > 2:
-            raise AudioError(f"{path}: mp3 holds 1 or 2 channels, got {frames.shape[1]}")
-        mp3_rate = _mp3_rate(samplerate)
-        if mp3_rate != samplerate:
-            log.warning("%s: MP3 cannot carry %d Hz; encoded at %d Hz", path, samplerate, mp3_rate)
-            frames = resample(torch.from_numpy(frames.T), samplerate, mp3_rate).numpy().T
-            samplerate = mp3_rate
 
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder")
-    if (path.exists() or path.is_symlink()) and not force:
-        raise AudioError(f"{path}: already exists (use --force to overwrite)")
-    parent = _make_parent(path)
-    temporary = _reserve_temporary(parent, path.name, format)
-    try:
+
+class AudioWriter:
+    """Write one audio file block by block, atomically.
+
+    The data goes to a hidden temporary file in the target folder; `commit()` flushes it
+    and renames it onto the target, `abort()` (or leaving a `with` block by an exception,
+    KeyboardInterrupt included) removes it. Blocks are float `(channels, samples)`
+    tensors; PCM samples are clamped to [-1, 1] before quantisation. Formats: wav (PCM
+    16/24 or 32-bit float), flac (16/24) and mp3 (constant bitrate; rates MP3 cannot carry
+    are resampled to a close one with a warning). An existing target is an AudioError
+    unless `force`; missing folders are made.
+    """
+
+    def __init__(
+        self,
+        path: PathLike,
+        samplerate: int,
+        channels: int,
+        format: Format = "wav",
+        bit_depth: BitDepth = 16,
+        mp3_bitrate: int = 320,
+        force: bool = False,
+    ):
+        self.path = path = Path(path)
+        _check_write_options(path, format, bit_depth, mp3_bitrate, samplerate)
+        if format == "mp3" and channels > 2:
+            raise AudioError(f"{path}: mp3 holds 1 or 2 channels, got {channels}")
+        if path.is_dir():
+            raise AudioError(f"{path}: is a folder")
+        if (path.exists() or path.is_symlink()) and not force:
+            raise AudioError(f"{path}: already exists (use --force to overwrite)")
+        self.format = format
+        self.bit_depth = bit_depth
+        self.channels = channels
+        self.samplerate = int(samplerate)
+        self.frames_written = 0
+        self._resampler = None
+        parent = _make_parent(path)
+        self.temporary: Optional[Path] = _reserve_temporary(parent, path.name, format)
         try:
-            if format == "mp3":
-                _write_mp3(temporary, frames, samplerate, mp3_bitrate)
-            else:
-                _write_soundfile(temporary, frames, samplerate, format, bit_depth)
-            fd = os.open(temporary, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
-        except AudioError:
+            self._open(mp3_bitrate)
+        except BaseException:
+            self._remove_temporary()
             raise
-        except _write_errors(format) as error:
-            raise AudioError(f"{path}: cannot write ({_one_line(error)})") from None
-    except BaseException:
+
+    def _open(self, mp3_bitrate: int) -> None:
+        assert self.temporary is not None
         try:
-            temporary.unlink()
+            if self.format == "mp3":
+                import av  # deferred import
+
+                rate = _mp3_rate(self.samplerate)
+                if rate != self.samplerate:
+                    log.warning("%s: MP3 cannot carry %d Hz; encoded at %d Hz", self.path, self.samplerate, rate)
+                    self._resampler = soxr.ResampleStream(self.samplerate, rate, self.channels,
+                                                          dtype="float32", quality="HQ")
+                self._layout = "mono" if self.channels == 1 else "stereo"
+                self._container = av.open(str(self.temporary), mode="w", format="mp3")
+                self._stream = self._container.add_stream("libmp3lame", rate=rate, layout=self._layout)
+                self._stream.bit_rate = int(mp3_bitrate) * 1000
+                self._mp3_rate = rate
+                self._pts = 0
+            else:
+                subtypes = _WAV_SUBTYPES if self.format == "wav" else _FLAC_SUBTYPES
+                self._handle = soundfile.SoundFile(
+                    str(self.temporary), mode="w", samplerate=self.samplerate, channels=self.channels,
+                    subtype=subtypes[self.bit_depth], format=self.format.upper(),
+                )
+        except _write_errors(self.format) as error:
+            raise AudioError(f"{self.path}: cannot write ({_one_line(error)})") from None
+
+    def _encode_mp3(self, frames: np.ndarray, final: bool) -> None:
+        import av  # deferred import
+
+        if self._resampler is not None:
+            frames = self._resampler.resample_chunk(frames, last=final)
+        if len(frames):
+            planar = np.ascontiguousarray(np.clip(frames, -1.0, 1.0).T)
+            frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=self._layout)
+            frame.sample_rate = self._mp3_rate
+            frame.pts = self._pts
+            self._pts += planar.shape[1]
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+        if final:
+            for packet in self._stream.encode(None):
+                self._container.mux(packet)
+
+    def write(self, wav: torch.Tensor) -> None:
+        """Append float `(channels, samples)`."""
+        if self.temporary is None:
+            raise RuntimeError(f"{self.path}: writer already closed")
+        frames = _as_frames(self.path, wav)
+        if frames.shape[1] != self.channels:
+            raise ValueError(f"{self.path}: expected {self.channels} channels, got {frames.shape[1]}")
+        try:
+            if self.format == "mp3":
+                self._encode_mp3(frames, final=False)
+            else:
+                block = 1 << 18
+                for start in range(0, len(frames), block):
+                    chunk = frames[start:start + block]
+                    self._handle.write(chunk if self.bit_depth == 32 else _quantise(chunk, self.bit_depth))
+        except _write_errors(self.format) as error:
+            self.abort()
+            raise AudioError(f"{self.path}: cannot write ({_one_line(error)})") from None
+        self.frames_written += len(frames)
+
+    def commit(self) -> Path:
+        """Finish the file and move it onto the target name."""
+        if self.temporary is None:
+            raise RuntimeError(f"{self.path}: writer already closed")
+        try:
+            try:
+                if self.format == "mp3":
+                    self._encode_mp3(np.zeros((0, self.channels), np.float32), final=True)
+                    self._container.close()
+                else:
+                    self._handle.close()
+                fd = os.open(self.temporary, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(self.temporary, self.path)
+            except _write_errors(self.format) as error:
+                raise AudioError(f"{self.path}: cannot write ({_one_line(error)})") from None
+        except BaseException:
+            self.abort()
+            raise
+        self.temporary = None
+        log.debug("wrote %s (%s, %d Hz, %d channels)", self.path, self.format, self.samplerate, self.channels)
+        return self.path
+
+    def _remove_temporary(self) -> None:
+        if self.temporary is None:
+            return
+        try:
+            self.temporary.unlink()
         except FileNotFoundError:
             pass
         except OSError as error:  # pragma: no cover - only when the folder vanished or locked
-            log.warning("%s: could not remove temporary file %s (%s)", path, temporary, error)
-        raise
-    log.debug("wrote %s (%s, %d Hz, %d channels)", path, format, samplerate, frames.shape[1])
+            log.warning("%s: could not remove temporary file %s (%s)", self.path, self.temporary, error)
+        self.temporary = None
+
+    def abort(self) -> None:
+        """Drop the temporary file; the target is left as it was."""
+        if self.temporary is None:
+            return
+        try:
+            if self.format == "mp3":
+                self._container.close()
+            else:
+                self._handle.close()
+        except Exception:  # closing a half-written file may fail; it is deleted anyway
+            pass
+        self._remove_temporary()
+
+    def __enter__(self) -> "AudioWriter":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is not None:
+            self.abort()
+        elif self.temporary is not None:
+            self.commit()
+
+
+def write_audio(
+    path: PathLike,
+    wav: torch.Tensor,
+    samplerate: int,
+    format: Format = "wav",
+    bit_depth: BitDepth = 16,
+    mp3_bitrate: int = 320,
+    force: bool = False,
+) -> Path:
+    """Write float `(channels, samples)` audio atomically and return the final path.
+
+    See `AudioWriter` for the formats; this writes the whole tensor at once.
+    """
+    path = Path(path)
+    _check_write_options(path, format, bit_depth, mp3_bitrate, samplerate)
+    frames = _as_frames(path, wav)
+    with AudioWriter(path, samplerate, frames.shape[1], format=format, bit_depth=bit_depth,
+                     mp3_bitrate=mp3_bitrate, force=force) as writer:
+        writer.write(wav)
     return path

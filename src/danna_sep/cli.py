@@ -72,17 +72,63 @@ def _stem_paths(args: argparse.Namespace, path: Path, stems: List[str]) -> Dict[
     return out
 
 
-def _cmd_separate(args: argparse.Namespace) -> int:
+class _Cancelled(Exception):
+    """Raised inside a worker's progress callback once Ctrl-C was pressed."""
+
+
+def _separate_one(args, separator, path: Path, wanted: List[str], position: int, cancel) -> str:
+    """Separate one input into its stem files; returns the summary line. Raises AudioError/ValueError."""
     import time
 
-    import torch
+    from .separator import OutputOptions
 
-    from .audio import AudioError, load, resample, write_audio
+    targets = _stem_paths(args, path, wanted)
+    output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate,
+                           samplerate=args.samplerate, clip=args.clip, force=args.force)
+    started = time.monotonic()
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        # Counts seconds of audio separated (pass 1; encoding the stems follows).
+        bar = tqdm(total=None, unit="s", desc=path.name, file=sys.stderr, leave=False, position=position)
+
+    def progress(done: int, total: int) -> None:
+        if cancel.is_set():
+            raise _Cancelled()
+        if bar is not None:
+            bar.total = round(total / 44100, 1)
+            bar.n = round(done / 44100, 1)
+            bar.refresh()
+
+    try:
+        written = separator.write_stems(path, targets, output, progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    took = time.monotonic() - started
+    folder = targets[wanted[0]].parent
+    note = f", scaled by {written.scale:.3f} to avoid clipping" if written.scale != 1.0 else ""
+    return (f"{path.name} -> {folder}/ ({len(targets)} stems, {written.seconds:.1f} s of audio in {took:.1f} s, "
+            f"{written.seconds / max(took, 1e-9):.1f}x real time{note})")
+
+
+def _error_line(path: Path, exc: BaseException) -> str:
+    return f"danna-sep: {exc}" if str(path) in str(exc) else f"danna-sep: {path}: {exc}"
+
+
+def _cmd_separate(args: argparse.Namespace) -> int:
+    import threading
+
+    from .audio import AudioError
     from .bundle import BundleError
-    from .separator import SAMPLERATE, Separator
+    from .separator import Separator
 
     if args.format == "flac" and args.bit_depth == 32:
         print("danna-sep: flac takes --bit-depth 16 or 24", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print("danna-sep: --jobs must be 1 or more", file=sys.stderr)
         return 2
     files, problems = _collect_inputs(args.inputs)
     for line in problems:
@@ -117,63 +163,50 @@ def _cmd_separate(args: argparse.Namespace) -> int:
         wanted = sources
 
     failures = len(problems)
-    for path in files:
-        targets = _stem_paths(args, path, wanted)
-        existing = [str(p) for p in targets.values() if p.exists()]
-        if existing and not args.force:
-            print(f"danna-sep: {existing[0]}: already exists (use --force to overwrite)", file=sys.stderr)
-            failures += 1
-            continue
-        written: List[Path] = []
-        started = time.monotonic()
-        try:
-            wav, rate = load(path)
-            out_rate = args.samplerate or rate
-            bar = None
-            if not args.quiet:
-                from tqdm import tqdm
+    cancel = threading.Event()
 
-                bar = tqdm(total=wav.shape[-1], unit="sample", unit_scale=True, desc=path.name,
-                           file=sys.stderr, leave=False)
-            blocks = []
-            for _, block in separator.stream(wav):
-                blocks.append(block)
-                if bar is not None:
-                    bar.update(block.shape[-1])
-            if bar is not None:
-                bar.close()
-            estimates = torch.cat(blocks, dim=-1)
-            stems = {name: estimates[i] for i, name in enumerate(sources)}
-            if args.two_stems:
-                other = sum(v for k, v in stems.items() if k != args.two_stems)
-                stems = {args.two_stems: stems[args.two_stems], f"no_{args.two_stems}": other}
-            stems = {k: stems[k] for k in wanted}
-            if out_rate != SAMPLERATE:
-                stems = {k: resample(v, SAMPLERATE, out_rate) for k, v in stems.items()}
-            if args.clip == "rescale":
-                peak = max(float(v.abs().max()) for v in stems.values())
-                if peak > 1.0:
-                    stems = {k: v / peak for k, v in stems.items()}
-            elif args.clip == "clamp":
-                stems = {k: v.clamp(-1.0, 1.0) for k, v in stems.items()}
-            for name, target in targets.items():
-                written.append(write_audio(target, stems[name], out_rate, format=args.format,
-                                           bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate,
-                                           force=args.force))
+    def run(path: Path, position: int) -> Optional[str]:
+        """The summary line, or None after printing the error line."""
+        try:
+            return _separate_one(args, separator, path, wanted, position, cancel)
         except (AudioError, ValueError) as exc:
-            print(f"danna-sep: {exc}" if str(path) in str(exc) else f"danna-sep: {path}: {exc}", file=sys.stderr)
-            failures += 1
-            continue
+            print(_error_line(path, exc), file=sys.stderr)
+            return None
+
+    if args.jobs == 1:
+        for path in files:
+            line = run(path, 0)
+            if line is None:
+                failures += 1
+            elif not args.quiet:
+                print(line, file=sys.stderr)
+        return 1 if failures else 0
+
+    # Several tracks at once, in threads sharing the models (torch releases the GIL);
+    # the cores are split between them so that they do not oversubscribe the CPU.
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run, path, i % args.jobs): path for i, path in enumerate(files)}
+        try:
+            for future in as_completed(futures):
+                try:
+                    line = future.result()
+                except _Cancelled:
+                    continue
+                if line is None:
+                    failures += 1
+                elif not args.quiet:
+                    print(line, file=sys.stderr)
         except KeyboardInterrupt:
-            for done in written:  # a track is written whole or not at all
-                done.unlink(missing_ok=True)
+            cancel.set()  # running tracks stop at their next segment and clean up
+            for future in futures:
+                future.cancel()
+            pool.shutdown(wait=True)
             raise
-        if not args.quiet:
-            seconds = wav.shape[-1] / SAMPLERATE
-            took = time.monotonic() - started
-            folder = targets[wanted[0]].parent
-            print(f"{path.name} -> {folder}/ ({len(targets)} stems, {seconds:.1f} s of audio in {took:.1f} s, "
-                  f"{seconds / max(took, 1e-9):.1f}x real time)", file=sys.stderr)
     return 1 if failures else 0
 
 
@@ -223,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
     how.add_argument("--overlap", type=float, default=0.25, help="overlap between segments, 0 to 0.5 (default: %(default)s)")
     how.add_argument("--shifts", type=int, default=0, help="random shifts per segment (default: %(default)s)")
+    how.add_argument("-j", "--jobs", type=int, default=1,
+                     help="tracks separated at once, sharing the CPU cores (default: %(default)s)")
     p_sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     p_sep.set_defaults(handler=_cmd_separate)
 

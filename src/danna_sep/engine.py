@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -29,6 +29,30 @@ log = logging.getLogger(__name__)
 # (chunk (channels, samples)) -> (sources, channels, samples)
 SeparateFn = Callable[[torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int], None]
+
+
+class TrackSource(Protocol):
+    """Where the engine reads a track from: a tensor in memory or a `Spool` on disk."""
+
+    length: int
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Samples `[start, stop)` as `(channels, stop - start)`."""
+
+
+class TensorTrack:
+    """A `(channels, samples)` tensor as a `TrackSource` (reads are views, not copies)."""
+
+    def __init__(self, wav: torch.Tensor):
+        self.wav = wav
+        self.length = wav.shape[-1]
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.wav[:, start:stop]
+
+
+def as_track(track: Union[torch.Tensor, TrackSource]) -> TrackSource:
+    return TensorTrack(track) if isinstance(track, torch.Tensor) else track
 
 
 @dataclass(frozen=True)
@@ -152,16 +176,16 @@ def _crossfade(overlap: int, dtype: torch.dtype) -> torch.Tensor:
     return ramp.to(dtype)
 
 
-def _shifted(fn: SeparateFn, track: torch.Tensor, start: int, stop: int, shifts: int,
+def _shifted(fn: SeparateFn, track: TrackSource, start: int, stop: int, shifts: int,
              max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """fn on track[start:stop], averaged over `shifts` random earlier starts (zeros before the track)."""
     if shifts == 0 or max_shift == 0:
-        return fn(track[:, start:stop])
+        return fn(track.read(start, stop))
     total: Optional[torch.Tensor] = None
     for _ in range(shifts):
         offset = int(torch.randint(0, max_shift + 1, (1,), generator=generator))
         begin = start - offset
-        window = track[:, max(0, begin):stop]
+        window = track.read(max(0, begin), stop)
         if begin < 0:
             window = torch.nn.functional.pad(window, [-begin, 0])
         out = fn(window)[..., offset:]
@@ -172,17 +196,19 @@ def _shifted(fn: SeparateFn, track: torch.Tensor, start: int, stop: int, shifts:
 
 def stream(
     fn: SeparateFn,
-    track: torch.Tensor,
+    track: Union[torch.Tensor, TrackSource],
     samplerate: int,
     options: EngineOptions,
     progress: Optional[ProgressFn] = None,
 ) -> Iterator[Tuple[int, torch.Tensor]]:
-    """Separate `track` `(channels, samples)` segment by segment.
+    """Separate `track` `(channels, samples)` (a tensor or a `TrackSource`) segment by segment.
 
     Yields `(start, block)` with `block` of shape `(sources, channels, n)`: consecutive,
-    finished pieces of the output that together cover the track exactly once.
+    finished pieces of the output that together cover the track exactly once. Only the
+    current segment and the pending overlap are held in memory.
     """
-    length = track.shape[-1]
+    track = as_track(track)
+    length = track.length
     segment = max(1, int(round(options.segment * samplerate)))
     bounds = plan_segments(length, segment, options.overlap)
     generator = torch.Generator().manual_seed(options.seed)
@@ -213,7 +239,7 @@ def stream(
 
 def separate(
     fn: SeparateFn,
-    track: torch.Tensor,
+    track: Union[torch.Tensor, TrackSource],
     samplerate: int,
     options: EngineOptions,
     progress: Optional[ProgressFn] = None,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
 
+import numpy as np
 import torch
 
 from .bundle import Bundle, BundleError, load_bundle, load_original
-from .engine import Blend, EngineOptions, ModelRunner, ProgressFn, resolve_device, stream
+from .engine import Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device, stream
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +84,12 @@ class Separator:
     def sources(self) -> list:
         return list(self.bundle.sources)
 
-    def stream(self, wav: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor]]:
-        """Blocks `(start, (sources, 2, n))` of the separation of a 44.1 kHz stereo `(2, samples)` track."""
-        return stream(self._blend, wav, SAMPLERATE, self.options, self.progress)
+    def stream(
+        self, wav: Union[torch.Tensor, TrackSource], progress: Optional[ProgressFn] = None
+    ) -> Iterator[Tuple[int, torch.Tensor]]:
+        """Blocks `(start, (sources, 2, n))` of the separation of a 44.1 kHz stereo `(2, samples)`
+        track, a tensor or a `TrackSource` such as a `Spool` on disk."""
+        return stream(self._blend, wav, SAMPLERATE, self.options, progress or self.progress)
 
     def separate_tensor(self, wav: torch.Tensor, samplerate: int = SAMPLERATE) -> Dict[str, torch.Tensor]:
         track = wav.detach().to("cpu", torch.float32)
@@ -112,6 +118,24 @@ class Separator:
             stems[name] = stem
         return stems
 
+    def write_stems(
+        self,
+        path: Union[str, os.PathLike],
+        targets: Mapping[str, Union[str, os.PathLike]],
+        output: Optional["OutputOptions"] = None,
+        progress: Optional[ProgressFn] = None,
+    ) -> "StemsWritten":
+        """Separate an audio file straight into stem files, in memory bounded by the segment.
+
+        `targets` maps stem names (sources, or `no_X` for everything but X) to output paths.
+        The input is decoded block by block onto disk, separated into float spools (pass 1),
+        then each stem is scaled as `output.clip` says, resampled to the output rate, cut to
+        the input's exact length and encoded (pass 2). Every file goes to a temporary name and
+        is renamed only when all of them are complete; on any error, or an interrupt, nothing
+        of this track is left behind. `progress(done, total)` follows pass 1.
+        """
+        return _write_stems(self, path, targets, output or OutputOptions(), progress)
+
     def separate_file(self, path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         """Read any audio file and separate it; stems at the file's own sample rate."""
         from .audio import load
@@ -124,3 +148,123 @@ class Separator:
             length = round(wav.shape[-1] * rate / SAMPLERATE)
             stems = {k: resample(v, SAMPLERATE, rate)[..., :length] for k, v in stems.items()}
         return stems
+
+
+ClipMode = Literal["rescale", "clamp", "none"]
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """How `Separator.write_stems` writes stems."""
+
+    format: Literal["wav", "flac", "mp3"] = "wav"
+    bit_depth: Literal[16, 24, 32] = 16
+    mp3_bitrate: int = 320
+    samplerate: Optional[int] = None
+    """Output rate; None keeps the input's."""
+    clip: ClipMode = "rescale"
+    """rescale: all stems of a track scaled by one factor so none exceeds full scale;
+    clamp: each sample clipped to [-1, 1]; none: exact floats (keep them with 32-bit wav)."""
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if self.clip not in ("rescale", "clamp", "none"):
+            raise ValueError(f"clip must be rescale, clamp or none, got {self.clip!r}")
+
+
+@dataclass(frozen=True)
+class StemsWritten:
+    """What `write_stems` did for one track."""
+
+    paths: Dict[str, Path]
+    seconds: float
+    samplerate: int
+    scale: float
+    """The factor `clip="rescale"` applied (1.0 when no stem went past full scale)."""
+
+
+def _stem_block(block: torch.Tensor, sources: list, name: str) -> torch.Tensor:
+    """Source `name` of a `(sources, channels, n)` block; `no_X` is every source but X."""
+    if name in sources:
+        return block[sources.index(name)]
+    kept = [i for i, s in enumerate(sources) if f"no_{s}" != name]
+    return block[kept].sum(dim=0)
+
+
+def _write_stems(
+    separator: "Separator",
+    path: Union[str, os.PathLike],
+    targets: Mapping[str, Union[str, os.PathLike]],
+    output: OutputOptions,
+    progress: Optional[ProgressFn],
+) -> StemsWritten:
+    import soxr
+
+    from .audio import AudioError, AudioWriter, load_spooled
+    from .spool import Spool
+
+    sources = separator.sources
+    for name in targets:
+        if name not in sources and not (name.startswith("no_") and name[3:] in sources):
+            raise ValueError(f"unknown stem {name!r} (sources: {', '.join(sources)})")
+    final = {name: Path(t) for name, t in targets.items()}
+    if not output.force:
+        for target in final.values():
+            if target.exists() or target.is_symlink():
+                raise AudioError(f"{target}: already exists (use --force to overwrite)")
+
+    track, rate, length = load_spooled(path)
+    out_rate = output.samplerate or rate
+    out_length = length if out_rate == rate else round(length * out_rate / rate)
+    spools = {name: Spool(2) for name in final}
+    writers: Dict[str, AudioWriter] = {}
+    committed = []
+    try:
+        # Pass 1: separate into float spools at 44.1 kHz, noting the peak for `rescale`.
+        peak = 0.0
+        for _, block in separator.stream(track, progress):
+            for name, spool in spools.items():
+                stem = _stem_block(block, sources, name)
+                peak = max(peak, float(stem.abs().max()))
+                spool.append(stem)
+        track.close()
+        scale = 1.0 / peak if output.clip == "rescale" and peak > 1.0 else 1.0
+        # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
+        for name, target in final.items():
+            writers[name] = writer = AudioWriter(
+                target, out_rate, 2, format=output.format, bit_depth=output.bit_depth,
+                mp3_bitrate=output.mp3_bitrate, force=output.force,
+            )
+            resampler = None
+            if out_rate != SAMPLERATE:
+                resampler = soxr.ResampleStream(SAMPLERATE, out_rate, 2, dtype="float32", quality="HQ")
+            for stem in itertools.chain(spools[name].blocks(), [None]):
+                last = stem is None  # the None at the end flushes the resampler
+                stem = torch.zeros(2, 0) if stem is None else stem
+                if scale != 1.0:
+                    stem = stem * scale
+                if output.clip == "clamp":
+                    stem = stem.clamp(-1.0, 1.0)
+                if resampler is not None:
+                    frames = resampler.resample_chunk(np.ascontiguousarray(stem.numpy().T), last=last)
+                    stem = torch.from_numpy(np.ascontiguousarray(frames.T))
+                room = out_length - writer.frames_written
+                stem = stem[:, :room]
+                if last and stem.shape[-1] < room:
+                    stem = torch.nn.functional.pad(stem, [0, room - stem.shape[-1]])
+                if stem.shape[-1]:
+                    writer.write(stem)
+            spools[name].close()
+        for name, writer in writers.items():
+            committed.append(writer.commit())
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        for done in committed:  # a track is written whole or not at all
+            done.unlink(missing_ok=True)
+        raise
+    finally:
+        track.close()
+        for spool in spools.values():
+            spool.close()
+    return StemsWritten(paths=final, seconds=length / rate, samplerate=out_rate, scale=scale)
