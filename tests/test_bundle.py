@@ -132,3 +132,25 @@ def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bund
 def test_default_bundle_missing_is_one_clear_error():
     with pytest.raises(BundleError, match="no default bundle is shipped yet"):
         Separator(device="cpu")
+
+
+def test_xumx_onnx_runs_through_onnxruntime(saved_bundle, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    loaded = bundles.load_bundle(saved_bundle)
+    folder = bundles.export_original(loaded, tmp_path / "checkpoints", xumx_onnx=True)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["xumx.onnx", "unet_attention.pth", "demucs_4_decoders.pth"])
+    original = bundles.load_original(folder)
+    assert isinstance(original.members[0].model, bundles.OnnxMaskModel)
+    mag = torch.rand(1, 2, 2049, 37, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert (original.members[0].model(mag) - loaded.members[0].model(mag)).abs().max().item() < 1e-4
+    wav = torch.randn(2, 25_000, generator=torch.Generator().manual_seed(4)) * 0.2
+    eager = Separator(loaded, device="cpu", segment=0.5).separate_tensor(wav)
+    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5).separate_tensor(wav)
+    for s in eager:
+        assert (eager[s] - from_files[s]).abs().max().item() < 1e-4
+    (folder / "xumx.onnx").write_bytes(b"not onnx")
+    with pytest.raises(BundleError, match="xumx.onnx: not a readable ONNX file"):
+        bundles.load_original(folder)

@@ -51,6 +51,47 @@ ORIGINAL_FILES = {
     "unet_attn": "unet_attention.pth",
     "demucs_split": "demucs_4_decoders.pth",
 }
+# The original tool could also run X-UMX from ONNX (through onnxruntime).
+ORIGINAL_XUMX_ONNX = "xumx.onnx"
+
+
+class OnnxMaskModel(nn.Module):
+    """An X-UMX-style ONNX file run by onnxruntime on the CPU, with the original calling
+    convention: magnitude `(1, 2, 2049, frames)` -> masks `(1, 4, 2, 2049, frames)`."""
+
+    sources = list(SOURCES)
+    samplerate = 44100
+    audio_channels = 2
+    input_domain = "magnitude"
+    output_kind = "mask"
+
+    def __init__(self, path: str | os.PathLike):
+        super().__init__()
+        import onnxruntime  # deferred: optional
+
+        self.path = str(path)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3  # errors only
+        self.session = onnxruntime.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, mag: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: mag.detach().to("cpu", torch.float32).contiguous().numpy()}
+        (mask,) = self.session.run(None, feed)[:1]
+        return torch.from_numpy(mask).to(mag.device)
+
+
+def _load_onnx_xumx(path: Path) -> nn.Module:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise BundleError(f"{path}: running xumx.onnx needs onnxruntime (pip install onnxruntime), "
+                          "or use --fast to skip X-UMX") from None
+    try:
+        return OnnxMaskModel(path)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{path}: not a readable ONNX file ({first})") from None
 
 
 class BundleError(ValueError):
@@ -230,8 +271,12 @@ def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
     members = []
     for name, blend in table.items():
         path = root / ORIGINAL_FILES[name]
+        onnx_path = root / ORIGINAL_XUMX_ONNX
+        if name == "xumx" and not path.is_file() and onnx_path.is_file():
+            members.append(Member(name=name, model=_load_onnx_xumx(onnx_path), blend=dict(blend), kwargs={}))
+            continue
         if not path.is_file():
-            hint = " (or use --fast to skip X-UMX)" if name == "xumx" else ""
+            hint = f" (or {ORIGINAL_XUMX_ONNX}, or use --fast to skip X-UMX)" if name == "xumx" else ""
             raise BundleError(f"{path}: checkpoint missing{hint}")
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
@@ -256,18 +301,36 @@ def default_checkpoints_dir() -> Path:
     return Path(env) if env else Path.home() / "danna-sep-checkpoints"
 
 
-def export_original(bundle: Bundle, folder: str | os.PathLike) -> Path:
-    """Write a bundle's X-UMX / U-Net / Demucs members as TorchScript files with the original names."""
+def _export_onnx(model: nn.Module, path: str) -> None:
+    """X-UMX to ONNX with a variable number of frames (needs the `onnx` package)."""
+    import warnings
+
+    example = torch.rand(1, 2, 2049, 16)
+    with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but handles LSTMs
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (example,), path, dynamo=False, input_names=["magnitude"], output_names=["mask"],
+            dynamic_axes={"magnitude": {3: "frames"}, "mask": {4: "frames"}}, opset_version=17,
+        )
+
+
+def export_original(bundle: Bundle, folder: str | os.PathLike, xumx_onnx: bool = False) -> Path:
+    """Write a bundle's X-UMX / U-Net / Demucs members as TorchScript files with the original
+    names; with `xumx_onnx`, X-UMX goes to `xumx.onnx` instead."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     for member in bundle.members:
         if member.name not in ORIGINAL_FILES:
             raise BundleError(f"{member.name} has no place in the original tool's checkpoint folder")
-        final = root / ORIGINAL_FILES[member.name]
+        onnx = xumx_onnx and member.name == "xumx"
+        final = root / (ORIGINAL_XUMX_ONNX if onnx else ORIGINAL_FILES[member.name])
         fd, temp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=root)
         os.close(fd)
         try:
-            torch.jit.script(member.model).save(temp)
+            if onnx:
+                _export_onnx(member.model.eval(), temp)
+            else:
+                torch.jit.script(member.model).save(temp)
             os.replace(temp, final)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
