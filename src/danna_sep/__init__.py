@@ -1,7 +1,26 @@
-"""danna-sep: split a song into drums, bass, other and vocals."""
+"""danna-sep: split a song into drums, bass, other and vocals.
 
-from .models import SOURCES
+Importing the package is light (no torch): `Separator` and `load_bundle` are loaded on
+first use, so that tools such as the corpus generator's worker processes start fast.
+"""
+
+from typing import List
 
 __version__ = "0.1.0"
 
-__all__ = ["SOURCES", "__version__"]
+#: Source order everywhere: model outputs, bundles, stems.
+SOURCES: List[str] = ["drums", "bass", "other", "vocals"]
+
+__all__ = ["SOURCES", "Separator", "load_bundle", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Separator":
+        from .separator import Separator
+
+        return Separator
+    if name == "load_bundle":
+        from .bundle import load_bundle
+
+        return load_bundle
+    raise AttributeError(f"module 'danna_sep' has no attribute {name!r}")

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-SOURCES: List[str] = ["drums", "bass", "other", "vocals"]
+from .. import SOURCES  # one list for the whole package
+
 SAMPLERATE = 44100
 
 

@@ -46,7 +46,7 @@ class D2Block(nn.Module):
             ]
         )
         self.bn_layers = nn.ModuleList(
-            [nn.Sequential(nn.BatchNorm2d(k), nn.ReLU()) for _ in range(num_layers)]
+            [nn.Sequential(nn.BatchNorm2d(k), nn.ReLU(inplace=True)) for _ in range(num_layers)]
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,10 +190,10 @@ class UNetAttn(nn.Module):
         self.attn = nn.Sequential(
             LocalAttention2d(in_channels, attn_channels, 128, padding_bias=bias),
             nn.BatchNorm2d(attn_channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             LocalAttention2d(attn_channels, attn_channels, 128, padding_bias=bias),
             nn.BatchNorm2d(attn_channels),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
         )
 
         up = []
@@ -204,7 +204,7 @@ class UNetAttn(nn.Module):
                 block,
                 nn.ConvTranspose2d(block.out_channels, widths[i], 3, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(widths[i]),
-                nn.ReLU(),
+                nn.ReLU(inplace=True),
             ]
             if i >= levels - 4:  # dropout on the three deepest decoder levels
                 layers.append(nn.Dropout2d(0.4))
@@ -215,7 +215,7 @@ class UNetAttn(nn.Module):
         self.end = nn.Sequential(
             nn.ConvTranspose2d(concat * 2, concat, 5, 2, 2, bias=False),
             nn.BatchNorm2d(concat),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(concat, 8, 3, padding=2, dilation=2),
         )
 
