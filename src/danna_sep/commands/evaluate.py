@@ -1,0 +1,178 @@
+"""`danna-sep evaluate`: score a bundle, the original checkpoints or an oracle on a test set.
+
+Under torchrun (WORLD_SIZE > 1) every rank separates and scores tracks rank::world_size,
+and rank 0 gathers the scores (torch.distributed with gloo) and writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a bundle (or an oracle) on a multitrack test set: SDR or museval, JSON/Markdown/PNG report",
+        description="Separate every track of a MUSDB18(-HQ) subset or stems folder and score the "
+                    "estimates against the true stems. Writes report.json, report.md and one box "
+                    "plot per source into REPORT_DIR.",
+    )
+    parser.add_argument("--root", required=True, help="MUSDB18-HQ / MUSDB18 root (train/, test/) or a folder of track folders")
+    parser.add_argument("--subset", choices=["train", "test"], default="test", help="(default: %(default)s)")
+    parser.add_argument("--split", choices=["train", "valid"], default=None,
+                        help="with --subset train: MUSDB18's validation tracks (valid) or the rest (train)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N tracks (by name)")
+    which = parser.add_argument_group("what to score (one of)").add_mutually_exclusive_group(required=True)
+    which.add_argument("--bundle", default=None, help="bundle folder or shipped bundle name")
+    which.add_argument("--checkpoints", default=None, metavar="DIR", help="the original tool's TorchScript checkpoints")
+    which.add_argument("--oracle", choices=["irm1", "irm2", "mwf", "mixture"], default=None,
+                       help="ideal ratio masks (irm1 magnitude, irm2 power), Wiener filter on the true "
+                            "magnitudes (mwf), or the mixture as every estimate (the floor)")
+    parser.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
+    parser.add_argument("--metric", choices=["sdr", "museval"], default="sdr",
+                        help="sdr: MDX-style SDR, mean over tracks; museval: BSSEval v4 SDR/SIR/ISR/SAR, "
+                             "median over frames and tracks (default: %(default)s)")
+    parser.add_argument("-o", "--out", required=True, metavar="REPORT_DIR", help="folder for the report")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="processes that score (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    parser.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
+    parser.add_argument("--overlap", type=float, default=0.25, help="(default: %(default)s)")
+    parser.add_argument("--shifts", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    parser.set_defaults(handler=_cmd_evaluate)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"danna-sep: {message}", file=sys.stderr)
+    return code
+
+
+def _distributed() -> tuple:
+    """(rank, world size) from torchrun's environment; (0, 1) outside it."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.jobs < 1:
+        return _fail("--jobs must be 1 or more", 2)
+    if args.limit is not None and args.limit < 1:
+        return _fail("--limit must be 1 or more", 2)
+
+    from ..data import DataError, find_tracks
+    from ..evaluate import EvaluationError, Report, check_outputs, evaluate_tracks
+
+    rank, world = _distributed()
+    try:
+        check_outputs(args.out, force=args.force)
+        tracks = find_tracks(args.root, subset=args.subset, split=args.split)
+    except (DataError, EvaluationError) as exc:
+        return _fail(str(exc))
+    except ValueError as exc:  # --split on a MUSDB18 root without --subset train
+        return _fail(f"--split: {exc}", 2)
+    if args.limit is not None:
+        tracks = tracks[: args.limit]
+    if not tracks:
+        return _fail(f"{args.root}: no tracks to evaluate")
+    share = tracks[rank::world]
+
+    from ..bundle import BundleError
+
+    try:
+        estimator, description = _estimator(args, world)
+    except BundleError as exc:
+        return _fail(str(exc), 2 if "no default bundle" in str(exc) else 1)
+    except ValueError as exc:  # bad --segment, --overlap, --shifts or --device
+        return _fail(str(exc), 2)
+
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(share), unit="track", desc=f"evaluate ({description})", file=sys.stderr,
+                   leave=False, position=rank)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+
+    try:
+        report = evaluate_tracks(share, estimator, metric=args.metric, jobs=args.jobs, progress=progress)
+        failure: Optional[str] = None
+    except (DataError, EvaluationError, ValueError) as exc:
+        report, failure = Report(args.metric), str(exc)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if world > 1:
+        import torch.distributed as dist
+
+        # every rank takes part in the gather, failed or not, so that none waits forever
+        gathered = [None] * world if rank == 0 else None
+        dist.gather_object((report.tracks, failure), gathered, dst=0)
+        dist.destroy_process_group()
+        if rank != 0:
+            return 1 if failure else 0
+        failures = [f for _, f in gathered if f]
+        failure = failures[0] if failures else None
+        for tracks_scores, _ in gathered:
+            report.tracks.update(tracks_scores)
+        report.tracks = dict(sorted(report.tracks.items()))
+    if failure:
+        return _fail(failure)
+
+    report.info.update({"estimator": description, "root": str(args.root), "subset": args.subset})
+    if args.split:
+        report.info["split"] = args.split
+    try:
+        paths = report.save(args.out, force=args.force)
+    except EvaluationError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{args.out}: cannot write the report ({exc.strerror or exc})")
+    if not args.quiet:
+        summary = report.summary()
+        line = ", ".join(f"{s} {_fmt(summary[s]['SDR'])}" for s in report.sources)
+        print(f"{description}, {args.metric}: SDR {line}, mean {_fmt(summary['mean']['SDR'])} dB "
+              f"({len(report.tracks)} tracks) -> {paths[0].parent}/", file=sys.stderr)
+    return 0
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _estimator(args: argparse.Namespace, world: int):
+    from ..evaluate import oracle_estimator, separator_estimator
+
+    if args.oracle:
+        return oracle_estimator(args.oracle), f"oracle {args.oracle}"
+    from ..separator import Separator
+
+    device = args.device
+    if device == "auto" and world > 1:
+        import torch
+
+        if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    separator = Separator(
+        args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
+        segment=args.segment, overlap=args.overlap, shifts=args.shifts,
+    )
+    description = f"checkpoints {args.checkpoints}" if args.checkpoints else f"bundle {args.bundle}"
+    return separator_estimator(separator), description

@@ -1,0 +1,357 @@
+"""Multitrack datasets on disk: MUSDB18-HQ folders, MUSDB18 `.stem.mp4` files, any stems folder.
+
+`find_tracks(root)` lists the tracks of a dataset and checks each one up front from file
+headers only (every stem present, one sample rate, one length), so that a broken track
+stops training at start-up with one line that names it, not hours later in a worker.
+`Track.read(start, length)` returns the stems as float32 `(channels, samples)` tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import soundfile
+import torch
+
+from ..models import SOURCES
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+Layout = Literal["musdb-hq", "stem-mp4"]
+Subset = Literal["train", "test"]
+Split = Literal["train", "valid"]
+
+#: MUSDB18's official validation tracks (the musdb package's `configs/mus.yaml`,
+#: `validation_tracks`), all from the train subset.
+MUSDB_VALIDATION: Tuple[str, ...] = (
+    "Actions - One Minute Smile",
+    "Clara Berry And Wooldog - Waltz For My Victims",
+    "Johnny Lokke - Promises & Lies",
+    "Patrick Talbot - A Reason To Leave",
+    "Triviul - Angelsaint",
+    "Alexander Ross - Goodbye Bolero",
+    "Fergessen - Nos Palpitants",
+    "Leaf - Summerghost",
+    "Skelpolu - Human Mistakes",
+    "Young Griffo - Pennies",
+    "ANiMAL - Rockshow",
+    "James May - On The Line",
+    "Meaxic - Take A Step",
+    "Traffic Experiment - Sirens",
+)
+
+#: Streams of a MUSDB18 `.stem.mp4`, in file order.
+STEM_MP4_STREAMS: Tuple[str, ...] = ("mixture", "drums", "bass", "other", "vocals")
+STEM_MP4_SUFFIX = ".stem.mp4"
+# Extensions of per-stem files in a track folder, in order of preference. Both are read
+# with libsndfile, which seeks to a segment without decoding the whole file.
+STEM_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac")
+MIXTURE = "mixture"
+
+
+class DataError(ValueError):
+    """A problem with a dataset: one line that starts with the offending track or root path."""
+
+
+@dataclass(frozen=True)
+class Track:
+    """One multitrack song: four sources (and usually the mixture) of equal length and rate.
+
+    `path` is the track folder (`musdb-hq`: `{mixture,drums,bass,other,vocals}.wav`) or the
+    `.stem.mp4` file (`stem-mp4`: five AAC streams in the order of `STEM_MP4_STREAMS`).
+    """
+
+    name: str
+    path: Path
+    layout: Layout
+    samplerate: int
+    num_samples: int
+    channels: int
+    extension: str = ".wav"
+    """File extension of the stems of a `musdb-hq` track folder."""
+    has_mixture: bool = True
+    """False for a folder without a mixture file: `read` then returns the sum of the sources."""
+
+    @property
+    def seconds(self) -> float:
+        return self.num_samples / self.samplerate
+
+    def read(
+        self, start: int = 0, length: Optional[int] = None, stems: Optional[Sequence[str]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """Stems as float32 `(channels, length)` tensors, keyed by SOURCES and "mixture".
+
+        Samples `[start, start + length)`; `length=None` reads to the end of the track, and
+        a range that runs past the end is zero-padded, so every tensor has `length` samples.
+        `stems` limits the keys read (default: all four sources and the mixture).
+        Raises DataError naming the file when a stem cannot be read.
+        """
+        wanted = list(SOURCES) + [MIXTURE] if stems is None else list(stems)
+        unknown = [s for s in wanted if s not in SOURCES and s != MIXTURE]
+        if unknown:
+            raise ValueError(f"unknown stems {unknown}; expected some of {list(SOURCES) + [MIXTURE]}")
+        if start < 0:
+            raise ValueError(f"start must be 0 or more, got {start}")
+        if length is None:
+            length = max(0, self.num_samples - start)
+        if length < 0:
+            raise ValueError(f"length must be 0 or more, got {length}")
+        if self.layout == "stem-mp4":
+            out = self._read_stem_mp4(start, length, wanted)
+        else:
+            out = self._read_folder(start, length, wanted)
+        return {name: out[name] for name in wanted}
+
+    def _read_folder(self, start: int, length: int, wanted: List[str]) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        files = [s for s in wanted if s != MIXTURE or self.has_mixture]
+        if MIXTURE in wanted and not self.has_mixture:
+            files += [s for s in SOURCES if s not in files]
+        available = max(0, min(length, self.num_samples - start))
+        for name in files:
+            path = self.path / f"{name}{self.extension}"
+            if available == 0:
+                data = np.zeros((self.channels, 0), dtype=np.float32)
+            else:
+                try:
+                    frames, _ = soundfile.read(
+                        str(path), start=start, frames=available, dtype="float32", always_2d=True
+                    )
+                except (soundfile.SoundFileError, RuntimeError, ValueError) as error:
+                    raise DataError(f"{path}: cannot read ({_one_line(error)})") from None
+                data = frames.T
+            out[name] = _fit(torch.from_numpy(np.ascontiguousarray(data)), length)
+        if MIXTURE in wanted and not self.has_mixture:
+            out[MIXTURE] = sum(out[s] for s in SOURCES)
+        return out
+
+    def _read_stem_mp4(self, start: int, length: int, wanted: List[str]) -> Dict[str, torch.Tensor]:
+        from ..audio import AudioError, read_audio, read_audio_streams
+
+        # AAC cannot be cut without decoding from the start: the streams are decoded whole
+        # (in one pass when several are wanted), then sliced. Convert to MUSDB18-HQ-style
+        # folders for fast random access in training.
+        try:
+            if len(wanted) == 1:
+                wav, rate = read_audio(self.path, stream=STEM_MP4_STREAMS.index(wanted[0]))
+                decoded = {wanted[0]: wav}
+            else:
+                streams, rate = read_audio_streams(self.path)
+                decoded = dict(zip(STEM_MP4_STREAMS, streams))
+        except AudioError as error:
+            raise DataError(str(error)) from None
+        out: Dict[str, torch.Tensor] = {}
+        for name in wanted:
+            wav = decoded[name]
+            if rate != self.samplerate or wav.shape[0] != self.channels:
+                raise DataError(
+                    f"{self.path}: stream {name} decodes as {wav.shape[0]} channels at {rate} Hz, "
+                    f"the header says {self.channels} at {self.samplerate} Hz"
+                )
+            # Stream lengths of a lossy file may differ by a few samples: every stem is cut
+            # or padded to the track's length, so the stems of a read always line up.
+            wav = _fit(wav, self.num_samples)
+            out[name] = _fit(wav[:, start:start + length], length)
+        return out
+
+
+def _fit(wav: torch.Tensor, length: int) -> torch.Tensor:
+    """`(channels, n)` cut or zero-padded at the end to `(channels, length)`."""
+    if wav.shape[-1] >= length:
+        return wav[:, :length].contiguous()
+    return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    if text.startswith("Error opening") and ": " in text:
+        text = text.split(": ", 1)[1]
+    return text
+
+
+# --------------------------------------------------------------------------- header checks
+
+
+def _folder_track(folder: Path) -> Track:
+    """Check a track folder's stem headers; a Track, or DataError naming the folder."""
+    found: Dict[str, Path] = {}
+    for name in list(SOURCES) + [MIXTURE]:
+        for ext in STEM_EXTENSIONS:
+            candidate = folder / f"{name}{ext}"
+            if candidate.is_file():
+                found[name] = candidate
+                break
+    missing = [s for s in SOURCES if s not in found]
+    if missing:
+        listed = ", ".join(f"{s}.wav" for s in missing)
+        raise DataError(f"{folder}: missing stem{'s' if len(missing) > 1 else ''} {listed}")
+    extensions = {p.suffix for p in found.values()}
+    if len(extensions) > 1:
+        raise DataError(f"{folder}: stems mix file types ({', '.join(sorted(extensions))}); use one")
+    infos = {}
+    for name, path in found.items():
+        try:
+            infos[name] = soundfile.info(str(path))
+        except (soundfile.SoundFileError, RuntimeError, ValueError) as error:
+            raise DataError(f"{folder}: cannot read {path.name} ({_one_line(error)})") from None
+        if infos[name].frames <= 0:
+            raise DataError(f"{folder}: {path.name} has no samples")
+    rates = {name: info.samplerate for name, info in infos.items()}
+    if len(set(rates.values())) > 1:
+        detail = ", ".join(f"{found[n].name} {r} Hz" for n, r in rates.items())
+        raise DataError(f"{folder}: stems have different sample rates ({detail})")
+    lengths = {name: info.frames for name, info in infos.items()}
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{found[n].name} {f} samples" for n, f in lengths.items())
+        raise DataError(f"{folder}: stems have different lengths ({detail})")
+    channels = {name: info.channels for name, info in infos.items()}
+    if len(set(channels.values())) > 1:
+        detail = ", ".join(f"{found[n].name} {c}" for n, c in channels.items())
+        raise DataError(f"{folder}: stems have different channel counts ({detail})")
+    return Track(
+        name=folder.name,
+        path=folder,
+        layout="musdb-hq",
+        samplerate=next(iter(rates.values())),
+        num_samples=next(iter(lengths.values())),
+        channels=next(iter(channels.values())),
+        extension=extensions.pop(),
+        has_mixture=MIXTURE in found,
+    )
+
+
+def _stem_mp4_track(path: Path) -> Track:
+    """Check a `.stem.mp4` file's container header (no decoding); a Track or DataError."""
+    import av
+
+    name = path.name[: -len(STEM_MP4_SUFFIX)]
+    ffmpeg_error = getattr(av, "FFmpegError", None) or av.error.FFmpegError
+    try:
+        container = av.open(str(path), mode="r")
+    except (ffmpeg_error, OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: cannot open ({_one_line(error)})") from None
+    with container:
+        streams = list(container.streams.audio)
+        if len(streams) < len(STEM_MP4_STREAMS):
+            raise DataError(
+                f"{path}: {len(streams)} audio stream(s); a MUSDB18 stem file has "
+                f"{len(STEM_MP4_STREAMS)} ({', '.join(STEM_MP4_STREAMS)})"
+            )
+        streams = streams[: len(STEM_MP4_STREAMS)]
+        rates = [s.codec_context.sample_rate for s in streams]
+        if len(set(rates)) > 1:
+            detail = ", ".join(f"{n} {r} Hz" for n, r in zip(STEM_MP4_STREAMS, rates))
+            raise DataError(f"{path}: streams have different sample rates ({detail})")
+        channels = [s.codec_context.channels for s in streams]
+        if len(set(channels)) > 1:
+            detail = ", ".join(f"{n} {c}" for n, c in zip(STEM_MP4_STREAMS, channels))
+            raise DataError(f"{path}: streams have different channel counts ({detail})")
+        rate = rates[0]
+        lengths = []
+        for stream in streams:
+            if stream.duration and stream.time_base is not None:
+                lengths.append(int(round(Fraction(stream.duration) * stream.time_base * rate)))
+            elif container.duration:
+                lengths.append(int(container.duration * rate // 1_000_000))
+        if not lengths or min(lengths) <= 0:
+            raise DataError(f"{path}: the container does not declare the streams' durations")
+        # AAC streams of one file may differ by an encoder frame: the shortest is the track.
+        if max(lengths) - min(lengths) > 2048:
+            detail = ", ".join(f"{n} {f} samples" for n, f in zip(STEM_MP4_STREAMS, lengths))
+            raise DataError(f"{path}: streams have different lengths ({detail})")
+    return Track(name=name, path=path, layout="stem-mp4", samplerate=rate,
+                 num_samples=min(lengths), channels=channels[0])
+
+
+def _visible_children(folder: Path) -> List[Path]:
+    return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def _tracks_in(folder: Path) -> List[Track]:
+    """Every track in a folder: subfolders of stems and `.stem.mp4` files."""
+    tracks = []
+    for child in _visible_children(folder):
+        if child.is_dir():
+            tracks.append(_folder_track(child))
+        elif child.is_file() and child.name.lower().endswith(STEM_MP4_SUFFIX):
+            tracks.append(_stem_mp4_track(child))
+    return tracks
+
+
+def _read_valid_list(root: Path) -> Optional[set]:
+    listing = root / "valid.txt"
+    if not listing.is_file():
+        return None
+    names = set()
+    for line in listing.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.add(line)
+    return names
+
+
+def find_tracks(
+    root: PathLike,
+    subset: Optional[Subset] = "train",
+    split: Optional[Split] = None,
+) -> List[Track]:
+    """The tracks of a dataset, sorted by name, each checked from its headers.
+
+    `root` holds `train/` and `test/` (MUSDB18-HQ track folders, or MUSDB18 `.stem.mp4`
+    files); `subset` picks one (None: both). When `root` has neither folder it is itself a
+    folder of tracks (`TRACK/{mixture,drums,bass,other,vocals}.wav`, mixture optional,
+    `.flac` also read, or `.stem.mp4` files) and `subset` is ignored.
+
+    `split` divides the MUSDB18 train subset by `MUSDB_VALIDATION` ("valid": those 14,
+    "train": the rest); in a plain folder "valid" means the names listed in
+    `root/valid.txt` (one per line), none if it is absent.
+
+    Raises DataError naming the root when it is missing or holds no tracks, and naming the
+    track when a stem is missing or the stems differ in sample rate, length or channels.
+    """
+    root = Path(root)
+    if subset not in ("train", "test", None):
+        raise ValueError(f"subset must be 'train', 'test' or None, got {subset!r}")
+    if split not in ("train", "valid", None):
+        raise ValueError(f"split must be 'train', 'valid' or None, got {split!r}")
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+
+    musdb = (root / "train").is_dir() or (root / "test").is_dir()
+    if musdb:
+        if split is not None and subset != "train":
+            raise ValueError("split applies to the MUSDB18 train subset only: pass subset='train'")
+        tracks: List[Track] = []
+        for name in ("train", "test") if subset is None else (subset,):
+            folder = root / name
+            if not folder.is_dir():
+                raise DataError(f"{root}: no {name}/ folder (a MUSDB18 root holds train/ and test/)")
+            tracks.extend(_tracks_in(folder))
+        valid = set(MUSDB_VALIDATION)
+        where = root if subset is None else root / subset
+    else:
+        tracks = _tracks_in(root)
+        valid = _read_valid_list(root) or set()
+        where = root
+    if not tracks:
+        raise DataError(
+            f"{where}: no tracks found (expected track folders of "
+            f"{{mixture,drums,bass,other,vocals}}.wav or {STEM_MP4_SUFFIX} files)"
+        )
+    if split == "valid":
+        tracks = [t for t in tracks if t.name in valid]
+    elif split == "train":
+        tracks = [t for t in tracks if t.name not in valid]
+    if not tracks:
+        log.warning("%s: no tracks in the %s split", where, split)
+    log.debug("%s: %d tracks (subset %s, split %s)", root, len(tracks), subset, split)
+    return tracks
