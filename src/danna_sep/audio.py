@@ -178,9 +178,8 @@ def _declared_samples(container, stream, rate: int) -> Optional[int]:
     return int(round(Fraction(stream.duration) * stream.time_base * rate))
 
 
-def _read_pyav(path: Path, streams: Optional[Sequence[int]]) -> List[Tuple[np.ndarray, int]]:
-    """Decode audio streams with PyAV: one float32 `(channels, samples)` array and rate per
-    requested audio stream (`streams` indexes the file's audio streams; None = all)."""
+def _open_pyav(path: Path):
+    """A PyAV container opened for reading, its audio streams, and PyAV's error type."""
     import av  # deferred: PyAV is only needed for formats libsndfile cannot read
 
     ffmpeg_error = getattr(av, "FFmpegError", None) or av.error.FFmpegError
@@ -189,10 +188,18 @@ def _read_pyav(path: Path, streams: Optional[Sequence[int]]) -> List[Tuple[np.nd
     except (ffmpeg_error, OSError, UnicodeDecodeError) as error:
         reason = getattr(error, "strerror", None) or _one_line(error)
         raise AudioError(f"{path}: not an audio file ({reason})") from None
+    audio = list(container.streams.audio)
+    if not audio:
+        container.close()
+        raise AudioError(f"{path}: not an audio file (no audio stream)")
+    return container, audio, ffmpeg_error
+
+
+def _read_pyav(path: Path, streams: Optional[Sequence[int]]) -> List[Tuple[np.ndarray, int]]:
+    """Decode audio streams with PyAV: one float32 `(channels, samples)` array and rate per
+    requested audio stream (`streams` indexes the file's audio streams; None = all)."""
+    container, audio, ffmpeg_error = _open_pyav(path)
     with container:
-        audio = list(container.streams.audio)
-        if not audio:
-            raise AudioError(f"{path}: not an audio file (no audio stream)")
         wanted = list(range(len(audio))) if streams is None else list(streams)
         for index in wanted:
             if not 0 <= index < len(audio):
@@ -306,18 +313,7 @@ def _soundfile_blocks(path: Path, block: int) -> Optional[AudioBlocks]:
 
 def _pyav_blocks(path: Path, stream: int) -> AudioBlocks:
     """Blocks of one audio stream decoded by PyAV (ffmpeg)."""
-    import av  # deferred: PyAV is only needed for formats libsndfile cannot read
-
-    ffmpeg_error = getattr(av, "FFmpegError", None) or av.error.FFmpegError
-    try:
-        container = av.open(str(path), mode="r")
-    except (ffmpeg_error, OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or _one_line(error)
-        raise AudioError(f"{path}: not an audio file ({reason})") from None
-    audio = list(container.streams.audio)
-    if not audio:
-        container.close()
-        raise AudioError(f"{path}: not an audio file (no audio stream)")
+    container, audio, ffmpeg_error = _open_pyav(path)
     if not 0 <= stream < len(audio):
         container.close()
         raise AudioError(f"{path}: has {len(audio)} audio stream(s); stream {stream} does not exist")
