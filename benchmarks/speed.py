@@ -1,0 +1,490 @@
+"""Real-time factor of the Danna-Sep models, the blends, Open-Unmix (UMX-HQ) and HT-Demucs.
+
+    python benchmarks/speed.py                       # 30 s clip, every system, one timed run each
+    python benchmarks/speed.py --only danna_sep,htdemucs --repeat 3 --json speed.json
+    python benchmarks/speed.py --bundle my-bundle    # adds a row for a bundle folder
+
+Every system separates the same deterministic 30 s stereo 44.1 kHz clip (`--seconds`) with
+weights drawn at random from a fixed seed (a shipped or `--bundle` bundle brings its own),
+through the code a user would run:
+
+- ours: `danna_sep.separator.Separator` with its defaults (segment 10 s, overlap 0.25,
+  shifts 0, one Wiener iteration over windows of 300 frames): each full-size model alone
+  (a one-model bundle with weight 1), the fast blend (U-Net + Demucs) and the full blend
+  (X-UMX + U-Net + Demucs, the paper's table);
+- `openunmix`: `openunmix.model.Separator` with four UMX-HQ targets (hidden 512, 3 LSTM
+  layers, 2049 bins, max_bin 1487), one Wiener iteration over 300-frame windows, no
+  residual, no softmask: the whole track at once, as its `umx` command does;
+- `demucs`: `HTDemucs` with the pretrained `htdemucs` hyperparameters (41.98 M
+  parameters) through `demucs.apply.apply_model` with the `demucs` command's defaults
+  (segment 7.8 s, overlap 0.25, shifts 1, split), input normalised as that command does.
+
+RTF is processing time / audio duration (below 1 is faster than real time); "x real time"
+is its inverse. A warm-up run on the first 2 s of the clip is excluded from the timing.
+Each system runs in a fresh process (spawned), so that its peak memory and thread pools
+are its own; the peak RSS increase is measured from just before the first timed run.
+
+Measure on a quiet machine: torch's OpenMP threads spin while they wait, so when other
+processes compete for the cores, several threads can be many times slower than one
+(`--threads 1` then gives steadier, comparable numbers). The header records the load
+average at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+try:  # run as a module: python -m benchmarks.speed
+    from . import _common as common
+except ImportError:  # run as a script: python benchmarks/speed.py (its folder is on sys.path)
+    import _common as common  # type: ignore[no-redef]
+
+from danna_sep.bundle import BUNDLE_FILE, FAST_BLEND, PAPER_BLEND
+from danna_sep.models import SOURCES
+from danna_sep.separator import PRETRAINED
+from danna_sep.spectral import bandwidth_to_max_bin
+
+log = logging.getLogger("benchmarks.speed")
+
+SAMPLERATE = common.SAMPLERATE
+PRETRAINED_DEFAULT = PRETRAINED / "default"  # the shipped default bundle, once there is one
+
+SystemKind = Literal["bundle", "openunmix", "htdemucs"]
+
+# The pretrained `htdemucs` model's constructor arguments where they differ from HTDemucs'
+# defaults (the other defaults are that model's): 41.98 M parameters.
+HTDEMUCS_KWARGS: Dict[str, Any] = {
+    "segment": Fraction(39, 5),
+    "dconv_mode": 3,
+    "bottom_channels": 512,
+    "t_dropout": 0.02,
+}
+# Open-Unmix UMX-HQ, one model per target.
+UMXHQ_KWARGS: Dict[str, Any] = {
+    "nb_bins": 2049,
+    "nb_channels": 2,
+    "hidden_size": 512,
+    "nb_layers": 3,
+    "max_bin": bandwidth_to_max_bin(SAMPLERATE, 4096, 16000),
+}
+# The `demucs` command's defaults.
+DEMUCS_SHIFTS = 1
+DEMUCS_OVERLAP = 0.25
+
+BENCH_REQUIREMENTS = "pip install --no-deps -r requirements-bench.txt"
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of the table: what to build and how to run it.
+
+    kind "bundle": a danna-sep `Separator` over either `path` (a bundle folder, with its
+    own weights) or a random-weight bundle blending `blend` (model -> source -> weight),
+    with `kwargs[model]` overriding a model's constructor arguments (default full size).
+    kind "openunmix" / "htdemucs": the reference package's model, `kwargs` overriding its
+    constructor arguments.
+    """
+
+    name: str
+    label: str
+    kind: SystemKind
+    blend: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    path: Optional[str] = None
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    repeat: int = 1
+    """Timed runs per system; the table shows the median."""
+    warmup_seconds: float = 2.0
+    """Length of the untimed warm-up run (0: none)."""
+    threads: Optional[int] = None
+    """torch intra-op threads (None: torch's default)."""
+    device: str = "cpu"
+    seed: int = 0
+    """Seed of the random weights."""
+    shifts: Optional[int] = None
+    """Shift-trick passes for every system; None: each tool's default (ours 0, demucs 1)."""
+
+
+@dataclass
+class Row:
+    name: str
+    label: str
+    parameters: int = 0
+    settings: str = ""
+    seconds: List[float] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    peak_rss_increase: Optional[int] = None
+    peak_cuda_bytes: Optional[int] = None
+    error: Optional[str] = None
+
+    @property
+    def median(self) -> Optional[float]:
+        return statistics.median(self.seconds) if self.seconds else None
+
+    @property
+    def rtf(self) -> Optional[float]:
+        """Processing time / audio duration (below 1: faster than real time)."""
+        median = self.median
+        return None if median is None or not self.audio_seconds else median / self.audio_seconds
+
+    def to_json(self) -> Dict[str, Any]:
+        data = asdict(self)
+        data.update(median_seconds=self.median, rtf=self.rtf,
+                    times_real_time=None if not self.rtf else 1 / self.rtf)
+        return data
+
+
+def _one_model(name: str) -> Dict[str, Dict[str, float]]:
+    return {name: {source: 1.0 for source in SOURCES}}
+
+
+def default_systems(bundles: Sequence[str] = ()) -> List[System]:
+    """The table's rows: ours, the blends, the references, the shipped default bundle if
+    present, then one row per `bundles` folder."""
+    systems = [
+        System("xumx", "X-UMX (danna-sep)", "bundle", blend=_one_model("xumx")),
+        System("unet_attn", "U-Net + attention (danna-sep)", "bundle", blend=_one_model("unet_attn")),
+        System("demucs_split", "Demucs, 4 decoders (danna-sep)", "bundle", blend=_one_model("demucs_split")),
+        System("danna_sep_fast", "Danna-Sep fast blend (U-Net + Demucs)", "bundle", blend=FAST_BLEND),
+        System("danna_sep", "Danna-Sep full blend (X-UMX + U-Net + Demucs)", "bundle", blend=PAPER_BLEND),
+        System("umxhq", "Open-Unmix UMX-HQ (openunmix)", "openunmix", kwargs=UMXHQ_KWARGS),
+        System("htdemucs", "HT-Demucs (demucs)", "htdemucs", kwargs=HTDEMUCS_KWARGS),
+    ]
+    if (PRETRAINED_DEFAULT / BUNDLE_FILE).is_file():
+        systems.append(System("default", "danna-sep default bundle", "bundle", path=str(PRETRAINED_DEFAULT)))
+    for index, folder in enumerate(bundles):
+        name = "bundle" if len(bundles) == 1 else f"bundle{index + 1}"
+        systems.append(System(name, f"bundle {folder}", "bundle", path=str(folder)))
+    return systems
+
+
+# --- building a system: a function (2, samples) -> stems, its parameter count, its settings -----
+
+RunFn = Callable[[torch.Tensor], Any]
+
+
+def _count(modules: Sequence[torch.nn.Module]) -> int:
+    return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def _build_bundle(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+    from danna_sep.separator import Separator
+
+    if system.path is not None:
+        bundle: Any = system.path
+    else:
+        bundle = common.random_bundle(system.blend, seed=options.seed, kwargs=system.kwargs)
+    shifts = {} if options.shifts is None else {"shifts": options.shifts}
+    separator = Separator(bundle, device=options.device, **shifts)
+    opts = separator.options
+    settings = f"segment {opts.segment:g} s, overlap {opts.overlap:g}, shifts {opts.shifts}"
+    if any(member.model.input_domain == "magnitude" for member in separator.bundle.members):
+        settings += f", Wiener {opts.wiener_iterations} iter / {opts.wiener_window} frames"
+    parameters = _count([member.model for member in separator.bundle.members])
+    return (lambda clip: separator.separate_tensor(clip, SAMPLERATE)), parameters, settings
+
+
+def _build_openunmix(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+    unmix = common.import_without_torchaudio("openunmix.model")
+    device = torch.device(options.device)
+    targets = {}
+    for index, source in enumerate(SOURCES):
+        torch.manual_seed(options.seed + index)
+        targets[source] = unmix.OpenUnmix(**system.kwargs).eval()
+    separator = unmix.Separator(
+        targets, niter=1, softmask=False, residual=False, sample_rate=SAMPLERATE,
+        n_fft=4096, n_hop=1024, nb_channels=2, wiener_win_len=300, filterbank="torch",
+    ).to(device).eval()
+    if options.shifts:
+        log.warning("openunmix has no shift trick; --shifts is ignored for %s", system.name)
+
+    def run(clip: torch.Tensor) -> torch.Tensor:
+        return separator(clip.unsqueeze(0).to(device)).cpu()
+
+    return run, _count(list(targets.values())), "whole track, Wiener 1 iter / 300 frames"
+
+
+def _build_htdemucs(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+    from demucs.apply import apply_model
+    from demucs.htdemucs import HTDemucs
+
+    torch.manual_seed(options.seed)
+    model = HTDemucs(sources=list(SOURCES), **system.kwargs).eval()
+    shifts = DEMUCS_SHIFTS if options.shifts is None else options.shifts
+    device = torch.device(options.device)
+
+    def run(clip: torch.Tensor) -> torch.Tensor:
+        # What the `demucs` command does around apply_model: normalise by the mono mix.
+        ref = clip.mean(0)
+        mean, std = ref.mean(), ref.std()
+        wav = (clip - mean) / (std + 1e-8)
+        out = apply_model(model, wav.unsqueeze(0), shifts=shifts, split=True,
+                          overlap=DEMUCS_OVERLAP, progress=False, device=device, num_workers=0)[0]
+        return out * (std + 1e-8) + mean
+
+    settings = f"segment {float(model.segment):g} s, overlap {DEMUCS_OVERLAP:g}, shifts {shifts}"
+    return run, _count([model]), settings
+
+
+_BUILDERS: Dict[str, Callable[[System, RunOptions], Tuple[RunFn, int, str]]] = {
+    "bundle": _build_bundle,
+    "openunmix": _build_openunmix,
+    "htdemucs": _build_htdemucs,
+}
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
+    """Build `system`, warm it up, then time `options.repeat` separations of `clip` `(2, samples)`.
+
+    Runs in the calling process (torch's thread count is restored afterwards);
+    `measure_isolated` runs it in a fresh one.
+    """
+    threads = torch.get_num_threads()
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    try:
+        return _measure(system, clip, options)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
+    row = Row(system.name, system.label, audio_seconds=clip.shape[-1] / SAMPLERATE)
+    run, row.parameters, row.settings = _BUILDERS[system.kind](system, options)
+    with torch.no_grad():
+        warmup = int(round(options.warmup_seconds * SAMPLERATE))
+        if warmup > 0:
+            run(clip[:, :warmup])
+            _sync(options.device)
+        cuda = options.device.startswith("cuda")
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            cuda_before = torch.cuda.memory_allocated()
+        rss_before = common.rss_bytes()
+        common.reset_peak_rss()
+        for index in range(options.repeat):
+            log.info("%s: run %d/%d", system.name, index + 1, options.repeat)
+            start = time.perf_counter()
+            run(clip)
+            _sync(options.device)
+            row.seconds.append(time.perf_counter() - start)
+        if rss_before is not None:
+            row.peak_rss_increase = max(0, common.peak_rss_bytes() - rss_before)
+        if cuda:
+            row.peak_cuda_bytes = torch.cuda.max_memory_allocated() - cuda_before
+    return row
+
+
+def _child_measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    return measure(system, clip, options)
+
+
+def _describe_failure(system: System, exc: BaseException) -> str:
+    if isinstance(exc, ModuleNotFoundError):
+        return f"{exc.name or exc} is not installed ({BENCH_REQUIREMENTS})"
+    if isinstance(exc, BrokenProcessPool):
+        return "its process died (out of memory?)"
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def measure_isolated(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
+    """`measure` in a freshly spawned process; a failure becomes the row's `error`."""
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(_child_measure, system, clip, options).result()
+    except Exception as exc:  # one row's failure must not lose the others
+        return Row(system.name, system.label, audio_seconds=clip.shape[-1] / SAMPLERATE,
+                   error=_describe_failure(system, exc))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+def _mib(value: Optional[int]) -> str:
+    return "" if value is None else f"{value / 2**20:,.0f} MiB"
+
+
+def render(rows: Sequence[Row], machine: Mapping[str, Any], clip_seconds: float, repeat: int) -> str:
+    """The Markdown report: the machine, the table, and the full blend against HT-Demucs."""
+    cuda = str(machine.get("device", "cpu")).startswith("cuda")
+    memory_header = "peak CUDA memory" if cuda else "peak RSS increase"
+    table_rows = []
+    for row in rows:
+        if row.error:
+            table_rows.append([row.label, "", "", "", "", "", f"not run: {row.error}"])
+            continue
+        rtf = row.rtf or 0.0
+        table_rows.append([
+            row.label,
+            f"{row.parameters / 1e6:.2f} M",
+            f"{row.median:.1f}",
+            f"{rtf:.3f}",
+            (f"{1 / rtf:.2f}x" if rtf > 1 else f"{1 / rtf:.1f}x") if rtf else "",
+            _mib(row.peak_cuda_bytes if cuda else row.peak_rss_increase),
+            row.settings,
+        ])
+    lines = [
+        f"Machine: {common.machine_line(machine)}.",
+        f"Clip: {clip_seconds:g} s stereo 44.1 kHz; seconds = median of {repeat} timed run(s) "
+        f"after a warm-up; RTF = processing time / audio duration (lower is faster); "
+        f"random weights (seeded) unless a bundle is named.",
+        "",
+        common.markdown_table(
+            ["system", "parameters", "seconds", "RTF", "x real time", memory_header, "settings"],
+            table_rows, align="lrrrrrl"),
+    ]
+    verdict = blend_check(rows)
+    if verdict:
+        lines += ["", verdict]
+    return "\n".join(lines)
+
+
+def blend_check(rows: Sequence[Row]) -> Optional[str]:
+    """The requirement: the full blend takes no longer than HT-Demucs on the same clip."""
+    times = {row.name: row.median for row in rows if row.median is not None}
+    if "danna_sep" not in times or "htdemucs" not in times:
+        return None
+    ratio = times["danna_sep"] / times["htdemucs"]
+    status = "met" if ratio <= 1 else "NOT met"
+    return (f"Full blend / HT-Demucs time: {ratio:.2f} "
+            f"(requirement: at most 1, {status}).")
+
+
+# --- command line ----------------------------------------------------------------------------
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/speed.py",
+        description="Real-time factor of the Danna-Sep models and blends next to Open-Unmix and HT-Demucs.",
+    )
+    parser.add_argument("--seconds", type=_positive_float, default=30.0, help="clip length (default 30)")
+    parser.add_argument("--repeat", type=_positive_int, default=1, help="timed runs per system (default 1)")
+    parser.add_argument("--warmup", type=float, default=2.0, help="untimed warm-up length in seconds (default 2, 0: none)")
+    parser.add_argument("--only", default="", help="comma-separated row names to run (default: all)")
+    parser.add_argument("--bundle", action="append", default=[], metavar="PATH",
+                        help="add a row for this danna-sep bundle folder (repeatable)")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help=f"torch threads (default torch's: {torch.get_num_threads()} here)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--shifts", type=int, default=None,
+                        help="shift-trick passes for all systems (default: each tool's own, ours 0, demucs 1)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and the clip")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every system in this process (no peak-memory isolation)")
+    parser.add_argument("--json", metavar="FILE", help="also save the results as JSON")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
+    parser.add_argument("--list", action="store_true", help="list the row names and exit")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+    for folder in args.bundle:
+        if not (Path(folder) / BUNDLE_FILE).is_file():
+            print(f"{folder}: not a danna-sep bundle (no {BUNDLE_FILE})", file=sys.stderr)
+            return 1
+    systems = default_systems(args.bundle)
+    if args.list:
+        for system in systems:
+            print(f"{system.name}\t{system.label}")
+        return 0
+    if args.only:
+        wanted = [name.strip() for name in args.only.split(",") if name.strip()]
+        known = {system.name for system in systems}
+        unknown = [name for name in wanted if name not in known]
+        if unknown:
+            parser.print_usage(sys.stderr)
+            print(f"--only: unknown row(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}",
+                  file=sys.stderr)
+            return 2
+        systems = [system for system in systems if system.name in wanted]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"--device {args.device}: CUDA is not available here", file=sys.stderr)
+        return 2
+    if args.json and Path(args.json).exists() and not args.force:
+        print(f"{args.json}: already exists (use --force to overwrite)", file=sys.stderr)
+        return 1
+
+    threads = args.threads or torch.get_num_threads()
+    options = RunOptions(repeat=args.repeat, warmup_seconds=max(0.0, args.warmup), threads=threads,
+                         device=args.device, seed=args.seed, shifts=args.shifts)
+    machine = common.machine_info(threads, args.device)
+    log.info("%s", common.machine_line(machine))
+    clip = common.make_clip(args.seconds, seed=args.seed)
+    rows = []
+    for system in systems:
+        log.info("%s: building and warming up", system.name)
+        if args.in_process:
+            try:
+                row = measure(system, clip, options)
+            except Exception as exc:
+                row = Row(system.name, system.label, error=_describe_failure(system, exc))
+        else:
+            row = measure_isolated(system, clip, options)
+        if row.error:
+            log.error("%s: %s", system.name, row.error)
+        else:
+            log.info("%s: %.1f s (RTF %.3f)", system.name, row.median, row.rtf)
+        rows.append(row)
+
+    print(render(rows, machine, args.seconds, args.repeat))
+    if args.json:
+        try:
+            common.write_json(args.json, {
+                "machine": machine,
+                "machine_line": common.machine_line(machine),
+                "clip_seconds": args.seconds,
+                "repeat": args.repeat,
+                "rtf_convention": "processing seconds / audio seconds",
+                "rows": [row.to_json() for row in rows],
+                "blend_check": blend_check(rows),
+            }, force=args.force)
+        except (common.BenchmarkError, OSError) as exc:
+            print(f"{exc}", file=sys.stderr)
+            return 1
+    return 1 if any(row.error for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Smoke tests of benchmarks/speed.py and its helpers on tiny models and a 1 s clip (no timings checked)."""
+
+import importlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from danna_sep import models
+from danna_sep.bundle import FAST_BLEND, PAPER_BLEND
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "xumx": dict(hidden_channels=8, max_bins=64, nb_layers=1),
+    "unet_attn": dict(max_bins=128, k=2),
+    "demucs_split": dict(channels=4, depth=4),
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmarks package, imported from the repository root (spawned workers inherit the path)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(ROOT))
+        speed = importlib.import_module("benchmarks.speed")
+        common = importlib.import_module("benchmarks._common")
+        yield speed, common
+
+
+def test_clip_is_deterministic_stereo_and_scaled(bench):
+    _, common = bench
+    clip = common.make_clip(1.5, seed=3)
+    assert clip.shape == (2, 66150) and clip.dtype == torch.float32
+    assert torch.isfinite(clip).all()
+    assert clip.abs().max().item() == pytest.approx(0.5, abs=1e-6)
+    assert torch.equal(clip, common.make_clip(1.5, seed=3))
+    assert not torch.equal(clip, common.make_clip(1.5, seed=4))
+    assert not torch.allclose(clip[0], clip[1])  # panned sources: really stereo
+    with pytest.raises(common.BenchmarkError):
+        common.make_clip(0)
+
+
+def test_random_bundle_is_seeded_and_blended(bench):
+    _, common = bench
+    a = common.random_bundle(PAPER_BLEND, seed=5, kwargs=TINY)
+    b = common.random_bundle(PAPER_BLEND, seed=5, kwargs=TINY)
+    assert [m.name for m in a.members] == list(PAPER_BLEND)
+    for ma, mb in zip(a.members, b.members):
+        assert ma.blend == PAPER_BLEND[ma.name]
+        for (ka, va), (kb, vb) in zip(ma.model.state_dict().items(), mb.model.state_dict().items()):
+            assert ka == kb and torch.equal(va, vb)
+    assert not a.members[0].model.training
+
+
+def test_machine_line_names_cpu_torch_and_threads(bench):
+    _, common = bench
+    info = common.machine_info(3)
+    line = common.machine_line(info)
+    assert info["cpu"] in line and f"torch {torch.__version__}" in line and "3 torch threads" in line
+
+
+def test_measure_tiny_blend_in_process(bench):
+    speed, common = bench
+    clip = common.make_clip(1.0)
+    system = speed.System("tiny_fast", "tiny fast blend", "bundle", blend=FAST_BLEND, kwargs=TINY)
+    before = torch.get_num_threads()
+    row = speed.measure(system, clip, speed.RunOptions(threads=1, repeat=2, warmup_seconds=0.5))
+    assert torch.get_num_threads() == before  # restored
+    expected = sum(models.parameter_count(models.build(n, **TINY[n])) for n in FAST_BLEND)
+    assert row.error is None and row.parameters == expected
+    assert len(row.seconds) == 2 and all(s > 0 for s in row.seconds)
+    assert row.audio_seconds == 1.0 and row.rtf == pytest.approx(row.median)
+    assert "segment 10 s" in row.settings and "shifts 0" in row.settings
+    assert row.peak_rss_increase is not None and row.peak_rss_increase >= 0
+    waveform_only = speed.System("tiny_demucs", "tiny demucs", "bundle",
+                                 blend={"demucs_split": FAST_BLEND["demucs_split"]}, kwargs=TINY)
+    row = speed.measure(waveform_only, clip, speed.RunOptions(threads=1, warmup_seconds=0, shifts=1))
+    assert row.settings == "segment 10 s, overlap 0.25, shifts 1"  # no Wiener filter for Demucs
+
+
+def test_measure_tiny_openunmix(bench):
+    speed, common = bench
+    kwargs = dict(speed.UMXHQ_KWARGS, hidden_size=8, nb_layers=1)
+    system = speed.System("tiny_umx", "tiny umx", "openunmix", kwargs=kwargs)
+    row = speed.measure(system, common.make_clip(1.0), speed.RunOptions(threads=1, warmup_seconds=0))
+    # four targets: fc1 (2*1487 -> 8), LSTM, fc2, fc3 (8 -> 2*2049) and their norms
+    assert row.error is None and row.parameters % 4 == 0 and row.parameters > 4 * 2 * 1487 * 8
+    assert len(row.seconds) == 1
+
+
+def test_measure_tiny_htdemucs(bench):
+    pytest.importorskip("demucs.htdemucs", reason="demucs is a benchmark-only package (requirements-bench.txt)")
+    speed, common = bench
+    kwargs = dict(channels=8, depth=4, t_layers=1, segment=1)
+    system = speed.System("tiny_ht", "tiny htdemucs", "htdemucs", kwargs=kwargs)
+    row = speed.measure(system, common.make_clip(1.0), speed.RunOptions(threads=1, warmup_seconds=0))
+    assert row.error is None and row.parameters > 0
+    assert "segment 1 s" in row.settings and "shifts 1" in row.settings
+
+
+def test_measure_isolated_runs_in_a_spawned_process(bench):
+    speed, common = bench
+    system = speed.System("tiny_xumx", "tiny xumx", "bundle", blend={"xumx": {"vocals": 1.0}},
+                          kwargs={"xumx": TINY["xumx"]})
+    row = speed.measure_isolated(system, common.make_clip(0.5), speed.RunOptions(threads=1, warmup_seconds=0))
+    assert row.error is None and len(row.seconds) == 1
+    broken = speed.System("broken", "broken", "bundle", path=str(ROOT / "no-such-bundle"))
+    failed = speed.measure_isolated(broken, common.make_clip(0.5), speed.RunOptions(threads=1, warmup_seconds=0))
+    assert failed.error is not None and "no-such-bundle" in failed.error and not failed.seconds
+
+
+def test_render_and_the_blend_requirement(bench):
+    speed, common = bench
+    rows = [
+        speed.Row("danna_sep", "full blend", parameters=243_180_000, seconds=[30.0, 20.0, 25.0],
+                  audio_seconds=50.0, peak_rss_increase=3 * 2**20, settings="s"),
+        speed.Row("htdemucs", "HT-Demucs", parameters=41_984_456, seconds=[20.0], audio_seconds=50.0),
+        speed.Row("umxhq", "UMX-HQ", error="openunmix is not installed"),
+        speed.Row("slow", "slow one", parameters=1_000_000, seconds=[100.0], audio_seconds=50.0),
+    ]
+    text = speed.render(rows, common.machine_info(2), 50.0, 3)
+    assert "| full blend | 243.18 M | 25.0 | 0.500 | 2.0x | 3 MiB | s |" in text
+    assert "| HT-Demucs | 41.98 M | 20.0 | 0.400 | 2.5x |" in text
+    assert "| slow one | 1.00 M | 100.0 | 2.000 | 0.50x |" in text
+    assert "| UMX-HQ |" in text and "not run: openunmix is not installed" in text
+    assert "1.25" in speed.blend_check(rows) and "NOT met" in speed.blend_check(rows)
+    rows[0].seconds = [10.0]
+    assert "0.50" in speed.blend_check(rows) and "NOT" not in speed.blend_check(rows)
+    assert speed.blend_check(rows[1:]) is None
+
+
+def test_default_systems_are_data_driven(bench, tmp_path):
+    speed, _ = bench
+    names = [s.name for s in speed.default_systems()]
+    assert names[:7] == ["xumx", "unet_attn", "demucs_split", "danna_sep_fast", "danna_sep", "umxhq", "htdemucs"]
+    assert ("default" in names) == (speed.PRETRAINED_DEFAULT / "bundle.json").is_file()
+    extra = speed.default_systems([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert [s.path for s in extra[-2:]] == [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert len({s.name for s in extra}) == len(extra)
+
+
+def test_cli_errors_and_json(bench, tmp_path, capsys):
+    speed, _ = bench
+    assert speed.main(["--only", "xumx,nope"]) == 2
+    assert "unknown row(s) nope" in capsys.readouterr().err
+    assert speed.main(["--bundle", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.strip().endswith("not a danna-sep bundle (no bundle.json)")
+    existing = tmp_path / "out.json"
+    existing.write_text("{}")
+    assert speed.main(["--json", str(existing)]) == 1
+    assert "already exists" in capsys.readouterr().err and existing.read_text() == "{}"
+    assert speed.main(["--list"]) == 0
+    assert "htdemucs\tHT-Demucs" in capsys.readouterr().out
+
+
+def test_cli_runs_a_full_size_row_and_saves_json(bench, tmp_path, capsys):
+    speed, _ = bench
+    out = tmp_path / "speed.json"
+    code = speed.main(["--seconds", "1", "--warmup", "0", "--only", "xumx", "--in-process", "--threads", "1",
+                       "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("Machine: ") and "| X-UMX (danna-sep) | 35.57 M |" in text
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert row["name"] == "xumx" and row["parameters"] == models.parameter_count(models.build("xumx"))
+    assert row["rtf"] == pytest.approx(row["median_seconds"] / 1.0)
+    assert data["rtf_convention"] == "processing seconds / audio seconds"
