@@ -104,6 +104,8 @@ class System:
     blend: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     path: Optional[str] = None
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    separator: Mapping[str, Any] = field(default_factory=dict)
+    """Extra `Separator` arguments of a "bundle" row (e.g. precision)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,8 @@ def default_systems(bundles: Sequence[str] = ()) -> List[System]:
         System("demucs_split", "Demucs, 4 decoders (danna-sep)", "bundle", blend=_one_model("demucs_split")),
         System("danna_sep_fast", "Danna-Sep fast blend (U-Net + Demucs)", "bundle", blend=FAST_BLEND),
         System("danna_sep", "Danna-Sep full blend (X-UMX + U-Net + Demucs)", "bundle", blend=PAPER_BLEND),
+        System("danna_sep_bf16", "Danna-Sep full blend, bfloat16 networks", "bundle", blend=PAPER_BLEND,
+               separator={"precision": "bfloat16"}),
         System("umxhq", "Open-Unmix UMX-HQ (openunmix)", "openunmix", kwargs=UMXHQ_KWARGS),
         System("htdemucs", "HT-Demucs (demucs)", "htdemucs", kwargs=HTDEMUCS_KWARGS),
     ]
@@ -191,9 +195,11 @@ def _build_bundle(system: System, options: RunOptions) -> Tuple[RunFn, int, str]
     else:
         bundle = common.random_bundle(system.blend, seed=options.seed, kwargs=system.kwargs)
     shifts = {} if options.shifts is None else {"shifts": options.shifts}
-    separator = Separator(bundle, device=options.device, **shifts)
+    separator = Separator(bundle, device=options.device, **shifts, **system.separator)
     opts = separator.options
     settings = f"segment {opts.segment:g} s, overlap {opts.overlap:g}, shifts {opts.shifts}"
+    if opts.precision != "float32":
+        settings += f", {opts.precision}"
     if any(member.model.input_domain == "magnitude" for member in separator.bundle.members):
         settings += f", Wiener {opts.wiener_iterations} iter / {opts.wiener_window} frames"
     parameters = _count([member.model for member in separator.bundle.members])

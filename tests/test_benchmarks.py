@@ -134,7 +134,8 @@ def test_render_and_the_blend_requirement(bench):
 def test_default_systems_are_data_driven(bench, tmp_path):
     speed, _ = bench
     names = [s.name for s in speed.default_systems()]
-    assert names[:7] == ["xumx", "unet_attn", "demucs_split", "danna_sep_fast", "danna_sep", "umxhq", "htdemucs"]
+    assert names[:8] == ["xumx", "unet_attn", "demucs_split", "danna_sep_fast", "danna_sep", "danna_sep_bf16",
+                         "umxhq", "htdemucs"]
     assert ("default" in names) == (speed.PRETRAINED_DEFAULT / "bundle.json").is_file()
     extra = speed.default_systems([str(tmp_path / "a"), str(tmp_path / "b")])
     assert [s.path for s in extra[-2:]] == [str(tmp_path / "a"), str(tmp_path / "b")]

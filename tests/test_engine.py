@@ -133,3 +133,26 @@ def test_options_are_checked():
         EngineOptions(segment=0)
     assert engine.resolve_device("cpu") == CPU
     assert engine.resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_runner_layout_and_precision():
+    """Channels-last (always on for 2D convolutions) gives the plain model's masks; bfloat16 stays close."""
+    from danna_sep import models
+    from danna_sep.engine import EngineOptions, ModelRunner
+
+    torch.manual_seed(0)
+    plain = models.build("unet_attn", max_bins=128, k=2).eval()
+    twin = models.build("unet_attn", max_bins=128, k=2).eval()
+    twin.load_state_dict(plain.state_dict())
+    chunk = torch.randn(2, 30_000, generator=torch.Generator().manual_seed(1)) * 0.3
+    exact = ModelRunner(twin, torch.device("cpu"), EngineOptions(wiener_iterations=0))
+    assert exact.channels_last
+    mag = torch.stft(chunk, 4096, 1024, window=torch.hann_window(4096), return_complex=True).abs()
+    with torch.no_grad():
+        assert (exact._forward(mag.unsqueeze(0)) - plain(mag.unsqueeze(0))).abs().max() < 1e-5
+    fast = ModelRunner(twin, torch.device("cpu"), EngineOptions(wiener_iterations=0, precision="bfloat16"))
+    a, b = exact(chunk), fast(chunk)
+    assert a.shape == b.shape == (4, 2, 30_000)
+    assert (a - b).norm() / a.norm() < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        EngineOptions(precision="float16")

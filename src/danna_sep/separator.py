@@ -96,13 +96,15 @@ class Separator:
         overlap: float = 0.25,
         shifts: int = 0,
         wiener_iterations: int = 1,
+        precision: str = "float32",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
         self.bundle = resolve_bundle(bundle, checkpoints, fast)
         self.device = resolve_device(device)
         self.options = EngineOptions(
-            segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations
+            segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
+            precision=precision,
         )
         self.progress = progress
         runners = []
