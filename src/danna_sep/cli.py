@@ -267,13 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     import importlib
 
     for name in EXTRA_COMMANDS:
-        try:
-            module = importlib.import_module(f"danna_sep.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"danna_sep.commands.{name}":
-                raise
-            continue  # not written yet
-        module.register(sub)
+        importlib.import_module(f"danna_sep.commands.{name}").register(sub)
     return parser
 
 

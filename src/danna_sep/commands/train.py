@@ -1,0 +1,106 @@
+"""`danna-sep train CONFIG.json`: train a model from a JSON recipe into a run folder.
+
+Exit codes: 0 trained; 1 a failed input (bad data: a track missing a stem, stems of different
+lengths or rates, an empty root; an unreadable weights file or checkpoint; a run folder in
+the way); 2 a usage error (a config with an unknown key, a wrong type, a model name not in the
+registry, a loss that does not fit the model).
+Launched by `torchrun --nproc_per_node N -m danna_sep.cli train ...` it trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # logging.StreamHandler assigns it in __init__
+        pass
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train", help="train a model from a JSON config (configs/*.json)",
+        description="Train a model from a JSON config. Under torchrun, every process trains together (DDP).",
+    )
+    p.add_argument("config", metavar="CONFIG.json", help="training recipe (see configs/)")
+    p.add_argument("--data", default=None, metavar="ROOT", help="dataset root (replaces data.root)")
+    p.add_argument("--out", default=None, metavar="RUN_DIR",
+                   help="run folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these weights: one of our checkpoints, a bundle's .safetensors, "
+                        "or the official X-UMX / open-unmix file")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+                   help="stop after N optimiser steps in all (replaces train.max_steps)")
+    p.add_argument("--force", action="store_true", help="replace a run already in RUN_DIR")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..audio import AudioError
+    from ..data import DataError
+    from ..train import ConfigError, TrainError, load_config, train
+    from ..train.checkpoint import CheckpointFileError
+
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("danna-sep: %(message)s"))
+    logger = logging.getLogger("danna_sep")
+    previous_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    try:
+        if args.resume and args.force:
+            print("danna-sep: --resume and --force exclude each other", file=sys.stderr)
+            return 2
+        if args.max_steps is not None and args.max_steps < 1:
+            print("danna-sep: --max-steps must be at least 1", file=sys.stderr)
+            return 2
+        try:
+            config = load_config(args.config, data_root=args.data)
+        except ConfigError as exc:
+            print(f"danna-sep: {exc}", file=sys.stderr)
+            return 2
+        if args.max_steps is not None:
+            config.train.max_steps = args.max_steps
+        run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+        try:
+            summary = train(config, run_dir, resume=args.resume, weights=args.weights, device=args.device,
+                            force=args.force, progress=not args.quiet, config_source=str(args.config))
+        except ConfigError as exc:
+            print(f"danna-sep: {exc}", file=sys.stderr)
+            return 2
+        except (DataError, AudioError, TrainError, CheckpointFileError) as exc:
+            print(f"danna-sep: {exc}", file=sys.stderr)
+            return 1
+        except FloatingPointError as exc:  # the loss diverged
+            print(f"danna-sep: {run_dir}: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:  # e.g. a device that is not there
+            print(f"danna-sep: {exc}", file=sys.stderr)
+            return 2
+        if not args.quiet:
+            line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
+            if summary.valid:
+                line += f", validation SDR {summary.valid['mean']:.3f} dB"
+            if summary.best_checkpoint is not None:
+                line += f", best checkpoint {summary.best_checkpoint.name}"
+            print(line, file=sys.stderr)
+        return 0
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous_level)

@@ -1,0 +1,179 @@
+"""From training runs to something that separates: our bundle format, or the original tool's files.
+
+`members_from_checkpoints` reads run folders (their best checkpoint by validation SDR, else
+the last) or checkpoint files, rebuilds each model from the registry name and constructor
+arguments the checkpoint carries, and pairs it with blend weights:
+
+- "paper": Danna-Sep's table (X-UMX, U-Net, Demucs; the "fast" table for U-Net + Demucs);
+- "equal": every model that produces a source gets the same share of it;
+- a JSON object `{model name: {source: weight}}`, or a list with one `{source: weight}` per
+  input in order, given inline or as a file.
+
+`export_bundle` writes our format (danna_sep.bundle.save_bundle) with each model's training
+config and scores in the manifest; `export_torchscript` writes the original tool's
+TorchScript files (danna_sep.bundle.export_original).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple, Union
+
+from . import models
+from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
+from .models import SOURCES
+
+log = logging.getLogger(__name__)
+
+BlendSpec = Union[str, Dict[str, Any], List[Any], None]
+
+
+class ExportError(ValueError):
+    """An input or option that cannot be exported; the message starts with the path or option."""
+
+
+@dataclass
+class TrainedModel:
+    """A model rebuilt from a checkpoint, with where it came from."""
+
+    name: str
+    kwargs: Dict[str, Any]
+    model: Any
+    source: Path
+    metadata: Dict[str, Any]
+
+
+def read_trained(path: str | os.PathLike) -> TrainedModel:
+    """A run folder (best checkpoint, else last) or a checkpoint file -> the model it holds."""
+    from .train.checkpoint import CheckpointFileError, load_checkpoint, pick_run_checkpoint
+
+    path = Path(path)
+    try:
+        if path.is_dir():
+            path, _ = pick_run_checkpoint(path)
+        state = load_checkpoint(path)
+    except CheckpointFileError as exc:
+        raise ExportError(str(exc)) from None
+    name = state["model"].get("name")
+    kwargs = dict(state["model"].get("kwargs", {}))
+    try:
+        model = models.build(name, **kwargs)
+        model.load_state_dict(state["state_dict"], strict=True)
+    except KeyError as exc:
+        raise ExportError(f"{path}: {exc.args[0]}") from None
+    except (TypeError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ExportError(f"{path}: weights do not fit {name}({kwargs}): {first}") from None
+    model.eval()
+    metadata = {
+        "checkpoint": str(path),
+        "progress": state.get("progress", {}),
+        "valid_sdr": state.get("valid"),
+        "config": state.get("config"),
+        "versions": state.get("versions", {}),
+    }
+    return TrainedModel(name, kwargs, model, path, metadata)
+
+
+def _parse_blend_text(text: str) -> Any:
+    candidate = Path(text)
+    if candidate.suffix == ".json" or candidate.is_file():
+        try:
+            return json.loads(candidate.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ExportError(f"{text}: no such blend file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ExportError(f"{text}: not a JSON blend table ({exc})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ExportError(f"--blend {text}: expected paper, equal, a JSON object or a .json file") from None
+
+
+def _weights(table: Any, where: str) -> Dict[str, float]:
+    if not isinstance(table, dict):
+        raise ExportError(f"{where}: expected {{source: weight}}")
+    out = {}
+    for source, weight in table.items():
+        if source not in SOURCES:
+            raise ExportError(f"{where}: unknown source {source!r} (sources: {', '.join(SOURCES)})")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ExportError(f"{where}: weight of {source} must be a number >= 0")
+        out[source] = float(weight)
+    return out
+
+
+def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> List[Dict[str, float]]:
+    """Per-model {source: weight} for `trained`, from a blend spec (see the module docstring)."""
+    names = [t.name for t in trained]
+    if blend is None:
+        blend = "paper" if len(set(names)) == len(names) and set(names) <= set(PAPER_BLEND) and len(names) > 1 else "equal"
+    if isinstance(blend, str) and blend not in ("paper", "equal"):
+        blend = _parse_blend_text(blend)
+    if blend == "paper":
+        table = FAST_BLEND if set(names) == set(FAST_BLEND) else PAPER_BLEND
+        missing = [n for n in names if n not in table]
+        if missing or len(set(names)) != len(names):
+            raise ExportError(f"--blend paper: covers {', '.join(table)} once each, not {', '.join(names)}")
+        return [dict(table[n]) for n in names]
+    if blend == "equal":
+        counts = {s: sum(s in t.model.sources for t in trained) for s in SOURCES}
+        return [{s: (1.0 / counts[s] if s in t.model.sources else 0.0) for s in SOURCES} for t in trained]
+    if isinstance(blend, list):
+        if len(blend) != len(trained):
+            raise ExportError(f"--blend: {len(blend)} tables for {len(trained)} models")
+        return [_weights(entry, f"--blend[{i}]") for i, entry in enumerate(blend)]
+    if isinstance(blend, dict):
+        if len(set(names)) != len(names):
+            raise ExportError("--blend: models repeat a name; give a list with one table per input")
+        unknown = [k for k in blend if k not in names]
+        if unknown:
+            raise ExportError(f"--blend: {unknown[0]!r} is not one of the models ({', '.join(names)})")
+        return [_weights(blend.get(n, {}), f"--blend[{n}]") for n in names]
+    raise ExportError("--blend: expected paper, equal, a JSON object or a list")
+
+
+def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None
+                             ) -> Tuple[List[Member], List[Dict[str, Any]]]:
+    """Bundle members and their training metadata for run folders / checkpoint files."""
+    if not paths:
+        raise ExportError("nothing to export: give run folders or checkpoint files")
+    trained = [read_trained(p) for p in paths]
+    tables = blend_tables(trained, blend)
+    for source in SOURCES:
+        total = sum(t.get(source, 0.0) for t in tables)
+        if total and abs(total - 1.0) > 1e-6:
+            log.warning("blend weights of %s sum to %.4g, not 1", source, total)
+    members = [Member(name=t.name, model=t.model, blend=table, kwargs=t.kwargs) for t, table in zip(trained, tables)]
+    return members, [t.metadata for t in trained]
+
+
+def export_bundle(paths: Sequence[str | os.PathLike], out: str | os.PathLike, blend: BlendSpec = None,
+                  force: bool = False) -> Path:
+    """Write our bundle format to `out` (refuses to replace it unless `force`)."""
+    members, metadata = members_from_checkpoints(paths, blend)
+    try:
+        return save_bundle(out, members, force=force, extra={"training": metadata})
+    except BundleError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def export_torchscript(paths: Sequence[str | os.PathLike], out: str | os.PathLike, force: bool = False) -> Path:
+    """Write the original tool's TorchScript files (`xumx_mwf.pth`, `unet_attention.pth`, `demucs_4_decoders.pth`)."""
+    members, _ = members_from_checkpoints(paths, "equal")
+    folder = Path(out)
+    names = [m.name for m in members]
+    for name in names:
+        if name not in ORIGINAL_FILES:
+            raise ExportError(f"{name}: the original tool has no file for this model "
+                              f"(only {', '.join(ORIGINAL_FILES)})")
+    if len(set(names)) != len(names):
+        raise ExportError(f"{folder}: the original tool holds one model of each kind, got {', '.join(names)}")
+    existing = [folder / ORIGINAL_FILES[n] for n in names if (folder / ORIGINAL_FILES[n]).exists()]
+    if existing and not force:
+        raise ExportError(f"{existing[0]}: already exists (use --force to overwrite)")
+    return export_original(Bundle(members=members, sources=list(SOURCES)), folder)

@@ -1,0 +1,154 @@
+"""Export: trained runs -> our bundle format (and the original TorchScript files) -> `danna-sep separate`."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from danna_sep import bundle as bundles
+from danna_sep.cli import main
+from danna_sep.train.checkpoint import load_checkpoint
+from fakemusdb import synth_stems
+from test_train import DANNA, TINY, dataset_root, trained_run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a loaded 2-core machine, 2 spinning threads make separation ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    return {name: trained_run(base, name) for name in DANNA}
+
+
+@pytest.fixture(scope="module")
+def song(tmp_path_factory):
+    path = tmp_path_factory.mktemp("songs") / "song.wav"
+    stems = synth_stems(4.0, seed=77)
+    sf.write(path, sum(stems.values()).T, 44100, subtype="PCM_16")
+    return path
+
+
+def _best_state(run):
+    entry = json.loads((run / "checkpoints" / "best.json").read_text())[0]
+    return load_checkpoint(run / "checkpoints" / entry["file"]), entry
+
+
+def test_export_bundle_then_separate(runs, song, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    assert main(["export", *(str(runs[n]) for n in DANNA), "-o", str(out)]) == 0
+    manifest = json.loads((out / "bundle.json").read_text())
+    assert [m["name"] for m in manifest["models"]] == ["xumx", "unet_attn", "demucs_split"]
+    for entry, name, training in zip(manifest["models"], DANNA, manifest["training"]):
+        config = json.loads((TINY / f"{name}.json").read_text())
+        assert entry["kwargs"] == config["model"]["kwargs"]  # constructor arguments travel with the weights
+        assert entry["blend"] == bundles.PAPER_BLEND[entry["name"]]  # Danna-Sep's table by default
+        assert training["config"]["model"] == {**config["model"], "input_statistics": config["model"].get("input_statistics", False)}
+        assert training["checkpoint"].endswith(".pt") and "best-epoch" in training["checkpoint"]
+        assert set(training["valid_sdr"]) == {"drums", "bass", "other", "vocals", "mean"}
+    loaded = bundles.load_bundle(out)
+    for member, name in zip(loaded.members, DANNA):
+        best, _ = _best_state(runs[name])
+        for key, value in member.model.state_dict().items():
+            assert torch.equal(value, best["state_dict"][key]), (name, key)
+
+    stems = tmp_path / "stems"
+    code = main(["separate", str(song), "--bundle", str(out), "-o", str(stems), "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (stems / "song").iterdir())
+    assert written == ["bass.wav", "drums.wav", "other.wav", "vocals.wav"]
+    data, rate = sf.read(stems / "song" / "bass.wav")
+    assert rate == 44100 and data.shape == (4 * 44100, 2) and np.abs(data).max() > 0
+
+
+def test_export_torchscript_loads_with_checkpoints(runs, song, tmp_path, capsys):
+    out = tmp_path / "original"
+    assert main(["export", *(str(runs[n]) for n in DANNA), "-o", str(out), "--torchscript"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["demucs_4_decoders.pth", "unet_attention.pth", "xumx_mwf.pth"]
+    # the original calling convention: magnitude (1, 2, 2049, F) -> masks (1, 4, 2, 2049, F); waveform -> (1, 4, 2, T)
+    xumx = torch.jit.load(str(out / "xumx_mwf.pth"))
+    mag = torch.rand(1, 2, 2049, 30, generator=torch.Generator().manual_seed(0))
+    best, _ = _best_state(runs["x_umx_mwf"])
+    from danna_sep import models
+    ours = models.build("xumx", **best["model"]["kwargs"])
+    ours.load_state_dict(best["state_dict"])
+    ours.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(xumx(mag), ours(mag))
+    demucs = torch.jit.load(str(out / "demucs_4_decoders.pth"))
+    with torch.no_grad():
+        assert demucs(torch.randn(1, 2, 5000)).shape == (1, 4, 2, 5000)
+
+    stems = tmp_path / "stems"
+    code = main(["separate", str(song), "--checkpoints", str(out), "-o", str(stems), "--device", "cpu", "-q"])
+    assert code == 0, capsys.readouterr().err
+    assert len(list((stems / "song").iterdir())) == 4
+    # existing files are kept unless --force
+    assert main(["export", str(runs["unet_attn"]), "-o", str(out), "--torchscript"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(runs["unet_attn"]), "-o", str(out), "--torchscript", "--force"]) == 0
+
+
+def test_blend_options(runs, tmp_path, capsys):
+    two = [str(runs["unet_attn"]), str(runs["demucs_split"])]
+    # paper: the "fast" table for U-Net + Demucs
+    assert main(["export", *two, "-o", str(tmp_path / "fast"), "--blend", "paper"]) == 0
+    manifest = json.loads((tmp_path / "fast" / "bundle.json").read_text())
+    assert [m["blend"] for m in manifest["models"]] == [bundles.FAST_BLEND["unet_attn"], bundles.FAST_BLEND["demucs_split"]]
+    assert main(["export", *two, "-o", str(tmp_path / "equal"), "--blend", "equal"]) == 0
+    manifest = json.loads((tmp_path / "equal" / "bundle.json").read_text())
+    assert all(w == 0.5 for m in manifest["models"] for w in m["blend"].values())
+    table = {"unet_attn": {"vocals": 1.0, "other": 0.3}, "demucs_split": {"drums": 1, "bass": 1, "other": 0.7}}
+    path = tmp_path / "blend.json"
+    path.write_text(json.dumps(table))
+    assert main(["export", *two, "-o", str(tmp_path / "custom"), "--blend", str(path)]) == 0
+    manifest = json.loads((tmp_path / "custom" / "bundle.json").read_text())
+    assert manifest["models"][0]["blend"] == {"drums": 0.0, "bass": 0.0, "other": 0.3, "vocals": 1.0}
+    # a single checkpoint file works as well as a run folder
+    best = sorted((runs["demucs_split"] / "checkpoints").glob("best-*.pt"))[0]
+    assert main(["export", str(best), "-o", str(tmp_path / "single")]) == 0
+    capsys.readouterr()
+
+    bad = [
+        (["--blend", json.dumps({"unet_attn": {"piano": 1}})], 2, "unknown source 'piano'"),
+        (["--blend", json.dumps({"xumx": {"vocals": 1}})], 2, "not one of the models"),
+        (["--blend", "louder"], 2, "--blend louder"),
+    ]
+    for extra, code, words in bad:
+        assert main(["export", *two, "-o", str(tmp_path / "bad"), *extra]) == code
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+    assert main(["export", *two, "-o", str(tmp_path / "custom")]) == 1  # exists: needs --force
+    assert "already exists" in capsys.readouterr().err
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    assert main(["export", str(empty), "-o", str(tmp_path / "x")]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_bundle_member_weights_start_a_training(runs, tmp_path):
+    from danna_sep.train import load_config
+    from danna_sep.train.trainer import Trainer
+
+    """--weights takes a bundle member's .safetensors file or one of our checkpoints."""
+    out = tmp_path / "bundle"
+    assert main(["export", str(runs["unet_attn"]), "-o", str(out)]) == 0
+    best, entry = _best_state(runs["unet_attn"])
+    config = load_config(TINY / "unet_attn.json", data_root=str(dataset_root(runs["unet_attn"].parent.parent)))
+    for index, weights in enumerate([next(out.glob("*.safetensors")), runs["unet_attn"] / "checkpoints" / entry["file"]]):
+        deterministic = torch.are_deterministic_algorithms_enabled()
+        try:
+            trainer = Trainer(config, tmp_path / f"run{index}", weights=weights, progress=False)
+        finally:  # the Trainer switches deterministic algorithms on for the process (train() restores it)
+            torch.use_deterministic_algorithms(deterministic)
+        for key, value in trainer.model.state_dict().items():
+            assert torch.equal(value, best["state_dict"][key]), (weights, key)
