@@ -154,3 +154,15 @@ def test_xumx_onnx_runs_through_onnxruntime(saved_bundle, tmp_path):
     (folder / "xumx.onnx").write_bytes(b"not onnx")
     with pytest.raises(BundleError, match="xumx.onnx: not a readable ONNX file"):
         bundles.load_original(folder)
+
+
+def test_exported_unet_keeps_its_attention_padding_bias(tmp_path):
+    """A U-Net we trained (bias -1e9) comes back from TorchScript with -1e9, the original's files with -1e-9."""
+    model = models.build("unet_attn", max_bins=128, k=2).eval()
+    members = [Member("unet_attn", model, {s: 1.0 for s in models.SOURCES}, kwargs=dict(max_bins=128, k=2))]
+    folder = tmp_path / "ts"
+    folder.mkdir()
+    torch.jit.script(members[0].model).save(str(folder / "unet_attention.pth"))
+    scripted = torch.jit.load(str(folder / "unet_attention.pth"))
+    kwargs = bundles._infer_original_kwargs("unet_attn", dict(scripted.state_dict()), scripted)
+    assert kwargs["original_padding_bias"] is False

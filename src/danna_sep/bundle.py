@@ -244,7 +244,13 @@ def _infer_original_kwargs(name: str, state: Mapping[str, torch.Tensor], scripte
         }
     if name == "unet_attn":
         k = state["down_convs.0.0.d2_layers.0.conv_layers.0.weight"].shape[0] // 5
-        return {"max_bins": int(getattr(scripted, "max_bins", 1487)), "k": k, "original_padding_bias": True}
+        # Files the original tool wrote carry no bias attribute and were trained with its
+        # -1e-9; files we export carry ours, so a U-Net we trained keeps its -1e9.
+        from .models.unet import ORIGINAL_PADDING_BIAS
+
+        biases = [getattr(m, "padding_bias") for _, m in scripted.named_modules() if hasattr(m, "padding_bias")]
+        original = not biases or float(biases[0]) == ORIGINAL_PADDING_BIAS
+        return {"max_bins": int(getattr(scripted, "max_bins", 1487)), "k": k, "original_padding_bias": original}
     if name == "demucs_split":
         depth = len({k.split(".")[1] for k in state if k.startswith("encoder.")})
         return {
