@@ -8,6 +8,10 @@ import types
 import pytest
 import torch
 
+# The tests run tiny models, which gain nothing from several threads and lose a lot when
+# the cores are shared (CI runners, parallel jobs): one intra-op thread for the suite.
+torch.set_num_threads(1)
+
 
 def import_reference(name: str):
     """Import a reference package (openunmix, asteroid.models.x_umx, ...).
