@@ -129,8 +129,23 @@ def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bund
         bundles.load_original(folder, fast=True)
 
 
-def test_default_bundle_missing_is_one_clear_error():
-    with pytest.raises(BundleError, match="no default bundle is shipped yet"):
+def test_the_default_bundle_ships_and_loads():
+    from danna_sep.separator import PRETRAINED
+
+    folder = PRETRAINED / "default"
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size <= 60 * 2**20
+    separator = Separator(device="cpu")  # checks every declared sha256 on the way
+    assert [m.name for m in separator.bundle.members] == ["xumx", "unet_attn", "demucs_split"]
+    for source in separator.sources:
+        assert sum(m.blend[source] for m in separator.bundle.members) == pytest.approx(1.0)
+
+
+def test_default_bundle_missing_is_one_clear_error(tmp_path, monkeypatch):
+    from danna_sep import separator as separator_module
+
+    monkeypatch.setattr(separator_module, "PRETRAINED", tmp_path)
+    with pytest.raises(BundleError, match="no default bundle installed"):
         Separator(device="cpu")
 
 

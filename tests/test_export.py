@@ -10,7 +10,7 @@ import torch
 from danna_sep import bundle as bundles
 from danna_sep.cli import main
 from danna_sep.train.checkpoint import load_checkpoint
-from fakemusdb import synth_stems
+from fakemusdb import make_musdb_hq, synth_stems
 from test_train import DANNA, TINY, dataset_root, trained_run
 
 
@@ -152,3 +152,33 @@ def test_bundle_member_weights_start_a_training(runs, tmp_path):
             torch.use_deterministic_algorithms(deterministic)
         for key, value in trainer.model.state_dict().items():
             assert torch.equal(value, best["state_dict"][key]), (weights, key)
+
+
+def test_export_fit_chooses_weights_on_held_out_tracks(runs, tmp_path, capsys):
+    held_out = tmp_path / "held-out"
+    make_musdb_hq(held_out, tracks=2, seconds=3.0, subsets=("test",), seed=11)
+    three = [str(runs[name]) for name in DANNA]
+    out = tmp_path / "fitted"
+    assert main(["export", *three, "-o", str(out), "--fit", str(held_out), "-q"]) == 0
+    err = capsys.readouterr().err
+    manifest = json.loads((out / "bundle.json").read_text())
+    fit = manifest["blend_fit"]
+    assert len(fit["tracks"]) == 2 and "blend fitted on 2 tracks" in err
+    for source in manifest["sources"]:
+        weights = [m["blend"][source] for m in manifest["models"]]
+        assert sum(weights) == pytest.approx(1.0) and min(weights) >= 0
+        # the chosen weights are at least as good as each model alone (each is a grid point)
+        assert fit["blend_sdr"][source] >= max(alone[source] for alone in fit["member_sdr"]) - 1e-9
+    # the bundle separates
+    assert bundles.load_bundle(out).members[0].blend == manifest["models"][0]["blend"]
+
+    bad = [
+        (["--fit", str(held_out), "--blend", "equal"], 2, "--fit chooses the blend weights"),
+        (["--fit", str(tmp_path / "nowhere")], 1, "no such folder"),
+        (["--fit", str(held_out), "--fit-tracks", "0"], 2, "--fit-tracks"),
+    ]
+    for extra, code, words in bad:
+        assert main(["export", *three, "-o", str(tmp_path / "bad"), *extra]) == code
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -7,7 +7,9 @@ arguments the checkpoint carries, and pairs it with blend weights:
 - "paper": Danna-Sep's table (X-UMX, U-Net, Demucs; the "fast" table for U-Net + Demucs);
 - "equal": every model that produces a source gets the same share of it;
 - a JSON object `{model name: {source: weight}}`, or a list with one `{source: weight}` per
-  input in order, given inline or as a file.
+  input in order, given inline or as a file;
+- fitted: `export_bundle(..., fit_tracks=TRACKS)` separates held-out tracks with every
+  member and keeps, per source, the weights with the best mean SDR (danna_sep.blendfit).
 
 `export_bundle` writes our format (danna_sep.bundle.save_bundle) with each model's training
 config and scores in the manifest; `export_torchscript` writes the original tool's
@@ -21,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import models
 from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
@@ -137,34 +139,59 @@ def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> Li
     raise ExportError("--blend: expected paper, equal, a JSON object or a list")
 
 
-def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None
-                             ) -> Tuple[List[Member], List[Dict[str, Any]]]:
-    """Bundle members and their training metadata for run folders / checkpoint files."""
+def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None,
+                             fit_tracks: Optional[Sequence[Any]] = None, progress: bool = False,
+                             ) -> Tuple[List[Member], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
+    """Bundle members, their training metadata and the blend fit (None unless `fit_tracks`)
+    for run folders / checkpoint files."""
     if not paths:
         raise ExportError("nothing to export: give run folders or checkpoint files")
     trained = [read_trained(p) for p in paths]
-    tables = blend_tables(trained, blend)
+    fitted = None
+    if fit_tracks is not None:
+        if blend is not None:
+            raise ExportError("--blend: give blend weights or tracks to fit them on, not both")
+        from .blendfit import fit_blend
+
+        fit = fit_blend([t.model for t in trained], fit_tracks, SOURCES, device="cpu", progress=progress)
+        tables = fit.weights
+        fitted = {"tracks": [t.name for t in fit_tracks], "member_sdr": fit.member_sdr,
+                  "blend_sdr": fit.blend_sdr}
+        for t, table, alone in zip(trained, tables, fit.member_sdr):
+            log.info("%s: weights %s; alone %s", t.name, table, {k: round(v, 2) for k, v in alone.items()})
+        log.info("blend: %s", {k: round(v, 2) for k, v in fit.blend_sdr.items()})
+    else:
+        tables = blend_tables(trained, blend)
     for source in SOURCES:
         total = sum(t.get(source, 0.0) for t in tables)
         if total and abs(total - 1.0) > 1e-6:
             log.warning("blend weights of %s sum to %.4g, not 1", source, total)
     members = [Member(name=t.name, model=t.model, blend=table, kwargs=t.kwargs) for t, table in zip(trained, tables)]
-    return members, [t.metadata for t in trained]
+    return members, [t.metadata for t in trained], fitted
 
 
 def export_bundle(paths: Sequence[str | os.PathLike], out: str | os.PathLike, blend: BlendSpec = None,
-                  force: bool = False) -> Path:
-    """Write our bundle format to `out` (refuses to replace it unless `force`)."""
-    members, metadata = members_from_checkpoints(paths, blend)
+                  force: bool = False, fit_tracks: Optional[Sequence[Any]] = None, progress: bool = False) -> Path:
+    """Write our bundle format to `out` (refuses to replace it unless `force`).
+
+    With `fit_tracks` (`danna_sep.data.Track`s the models never trained on) the blend
+    weights are fitted on them and the fit is recorded in the manifest.
+    """
+    if Path(out).exists() and not force:  # before any separating for the fit
+        raise ExportError(f"{out}: already exists (use --force to overwrite)")
+    members, metadata, fitted = members_from_checkpoints(paths, blend, fit_tracks, progress)
+    extra: Dict[str, Any] = {"training": metadata}
+    if fitted is not None:
+        extra["blend_fit"] = fitted
     try:
-        return save_bundle(out, members, force=force, extra={"training": metadata})
+        return save_bundle(out, members, force=force, extra=extra)
     except BundleError as exc:
         raise ExportError(str(exc)) from None
 
 
 def export_torchscript(paths: Sequence[str | os.PathLike], out: str | os.PathLike, force: bool = False) -> Path:
     """Write the original tool's TorchScript files (`xumx_mwf.pth`, `unet_attention.pth`, `demucs_4_decoders.pth`)."""
-    members, _ = members_from_checkpoints(paths, "equal")
+    members, _, _ = members_from_checkpoints(paths, "equal")
     folder = Path(out)
     names = [m.name for m in members]
     for name in names:

@@ -71,8 +71,8 @@ def resolve_bundle(
         return load_bundle(shipped)
     if str(bundle) == "default":
         raise BundleError(
-            "no default bundle is shipped yet: pass --bundle PATH (a danna-sep bundle) "
-            "or --checkpoints DIR (the original tool's TorchScript files)"
+            f"no default bundle installed ({shipped} is missing; reinstall danna-sep): pass "
+            "--bundle PATH (a danna-sep bundle) or --checkpoints DIR (the original tool's TorchScript files)"
         )
     raise BundleError(f"{bundle}: no such bundle folder or shipped bundle")
 

@@ -24,7 +24,13 @@ def register(subparsers) -> None:
                    help="blend weights: paper (Danna-Sep's table), equal, a JSON object "
                         "{model: {source: weight}} or list, inline or a .json file "
                         "(default: paper for Danna-Sep's models, else equal)")
+    p.add_argument("--fit", default=None, metavar="ROOT",
+                   help="fit the blend weights instead: separate the tracks of ROOT (its test/ subset for "
+                        "a MUSDB-style root, else the folder's tracks) with every model and keep, per source, "
+                        "the weights with the best mean SDR")
+    p.add_argument("--fit-tracks", type=int, default=None, metavar="N", help="fit on the first N tracks only")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
 
@@ -35,14 +41,51 @@ def _run(args: argparse.Namespace) -> int:
         print("danna-sep: --blend has no effect with --torchscript (the original tool uses its own table)",
               file=sys.stderr)
         return 2
+    if args.fit is not None and (args.torchscript or args.blend is not None):
+        print("danna-sep: --fit chooses the blend weights: it goes with neither --blend nor --torchscript",
+              file=sys.stderr)
+        return 2
+    if args.fit_tracks is not None and args.fit_tracks < 1:
+        print("danna-sep: --fit-tracks must be 1 or more", file=sys.stderr)
+        return 2
     try:
         if args.torchscript:
             folder = export_torchscript(args.inputs, args.out, force=args.force)
         else:
-            folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force)
+            fit_tracks = None
+            if args.fit is not None:
+                from ..data import DataError, find_tracks
+
+                try:
+                    fit_tracks = find_tracks(args.fit, subset="test")[: args.fit_tracks]
+                except DataError as exc:
+                    raise ExportError(str(exc)) from None
+            folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
+                                   fit_tracks=fit_tracks, progress=not args.quiet)
     except ExportError as exc:
         message = str(exc)
         print(f"danna-sep: {message}", file=sys.stderr)
         return 2 if message.startswith("--blend") else 1
+    if args.fit is not None:
+        _print_fit(folder)
     print(f"danna-sep: wrote {folder}", file=sys.stderr)
     return 0
+
+
+def _print_fit(folder) -> None:
+    """The fitted weights and the SDRs they were chosen on, as a table on stderr."""
+    import json
+
+    from ..bundle import BUNDLE_FILE
+
+    manifest = json.loads((folder / BUNDLE_FILE).read_text())
+    fit = manifest["blend_fit"]
+    sources = manifest.get("sources")
+    names = [entry["name"] for entry in manifest["models"]]
+    print(f"blend fitted on {len(fit['tracks'])} tracks (mean SDR in dB, weight in brackets):", file=sys.stderr)
+    print("  " + "model".ljust(14) + "".join(s.rjust(16) for s in sources), file=sys.stderr)
+    for name, entry, alone in zip(names, manifest["models"], fit["member_sdr"]):
+        cells = "".join(f"{alone[s]:8.2f} [{entry['blend'].get(s, 0.0):.2f}]".rjust(16) for s in sources)
+        print("  " + name.ljust(14) + cells, file=sys.stderr)
+    print("  " + "blend".ljust(14) + "".join(f"{fit['blend_sdr'][s]:8.2f}".rjust(16) for s in sources),
+          file=sys.stderr)

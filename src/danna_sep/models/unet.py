@@ -162,12 +162,15 @@ class UNetAttn(nn.Module):
     """
 
     max_bins: int
+    output_bins: int
     time_multiple: int
 
-    def __init__(self, max_bins: int = 1487, k: int = 12, original_padding_bias: bool = False):
+    def __init__(self, max_bins: int = 1487, k: int = 12, original_padding_bias: bool = False,
+                 attn_channels: int = 256, attn_d_model: int = 128, attn_heads: int = 8):
         super().__init__()
         levels = 6
         self.max_bins = max_bins
+        self.output_bins = max_bins  # masks above are the constant 0.25 (see forward)
         self.time_multiple = 2**levels
         self.sources: List[str] = list(SOURCES)
         self.samplerate = SAMPLERATE
@@ -186,12 +189,15 @@ class UNetAttn(nn.Module):
             widths.append(in_channels)
         self.down_convs = nn.ModuleList(down)
 
-        attn_channels = 256
+        # The paper's widths (256 channels, d_model 128, 8 heads) are the defaults; the
+        # default bundle uses narrower ones.
+        if attn_d_model % attn_heads:
+            raise ValueError(f"attn_d_model ({attn_d_model}) must be a multiple of attn_heads ({attn_heads})")
         self.attn = nn.Sequential(
-            LocalAttention2d(in_channels, attn_channels, 128, padding_bias=bias),
+            LocalAttention2d(in_channels, attn_channels, attn_d_model, attn_heads, padding_bias=bias),
             nn.BatchNorm2d(attn_channels),
             nn.ReLU(inplace=True),
-            LocalAttention2d(attn_channels, attn_channels, 128, padding_bias=bias),
+            LocalAttention2d(attn_channels, attn_channels, attn_d_model, attn_heads, padding_bias=bias),
             nn.BatchNorm2d(attn_channels),
             nn.ReLU(inplace=True),
         )

@@ -10,6 +10,9 @@
   where each subset's signal is the sum of its sources' signals.
 - `waveform_l1` / `waveform_l2`: Demucs' losses on waveforms.
 - `magnitude_mse`: Open-Unmix's MSE on magnitude spectrograms.
+- `masked_magnitude_mse` (`mse_mask`): the same MSE for a mask model, on mask * |mixture|
+  of every source; no inverse STFT and no subsets, so a step costs a fraction of `closs`
+  (the default bundle's recipes, trained on two CPU cores).
 
 Shapes: waveforms `(batch, sources, channels, samples)`, mixtures `(batch, channels,
 samples)`, spectrograms `(batch, sources, channels, bins, frames)`.
@@ -26,8 +29,8 @@ import torch
 from .. import spectral
 from ..wiener import apply_wiener
 
-LossKind = Literal["closs", "l1", "l2", "mse_mag"]
-LOSS_KINDS: Tuple[str, ...] = ("closs", "l1", "l2", "mse_mag")
+LossKind = Literal["closs", "l1", "l2", "mse_mag", "mse_mask"]
+LOSS_KINDS: Tuple[str, ...] = ("closs", "l1", "l2", "mse_mag", "mse_mask")
 
 WSDR_EPS = 1e-10
 MDX_EPS = 1e-7
@@ -174,6 +177,16 @@ def waveform_l2(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tens
 def magnitude_mse(estimates: torch.Tensor, references: torch.Tensor) -> torch.Tensor:
     """Mean squared error of magnitude spectrograms `(batch, channels, bins, frames)`."""
     return (estimates - references).square().mean()
+
+
+def masked_magnitude_mse(masks: torch.Tensor, mix_magnitude: torch.Tensor,
+                         source_magnitudes: torch.Tensor) -> torch.Tensor:
+    """MSE of masked mixture magnitudes against the sources' magnitudes.
+
+    masks and source_magnitudes: `(batch, sources, channels, bins, frames)`;
+    mix_magnitude: `(batch, channels, bins, frames)`.
+    """
+    return (masks * mix_magnitude.unsqueeze(1) - source_magnitudes).square().mean()
 
 
 def mdx_sdr(estimates: torch.Tensor, references: torch.Tensor, eps: float = MDX_EPS) -> torch.Tensor:

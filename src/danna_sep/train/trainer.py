@@ -280,10 +280,10 @@ def apply_input_statistics(model: nn.Module, name: str, mean: torch.Tensor, std:
 def _check_loss_fits(config: Config, model: nn.Module, source: str) -> None:
     kind, output = config.loss.kind, model.output_kind
     fits = {"closs": output == "mask", "l1": output == "waveform", "l2": output == "waveform",
-            "mse_mag": output == "magnitude"}[kind]
+            "mse_mag": output == "magnitude", "mse_mask": output == "mask"}[kind]
     if not fits:
         raise ConfigError(f"{source}: loss.kind {kind!r} does not fit {config.model.name} "
-                          f"(its output is a {output}; closs: masks, l1/l2: waveforms, mse_mag: magnitudes)")
+                          f"(its output is a {output}; closs, mse_mask: masks; l1/l2: waveforms; mse_mag: magnitudes)")
 
 
 # --- the trainer ---------------------------------------------------------------------------
@@ -620,6 +620,8 @@ class Trainer:
             estimates = estimates.float()
             loss = L.waveform_l1(estimates, targets) if cfg.kind == "l1" else L.waveform_l2(estimates, targets)
             return L.LossResult(loss, {})
+        if cfg.kind == "mse_mask":
+            return L.LossResult(self._masked_mse(sources, targets), {})
         mix_stft = spectral.stft(mixture)
         magnitude = mix_stft.abs()
         with self._autocast():
@@ -630,6 +632,22 @@ class Trainer:
                            wiener_iterations=cfg.wiener_iterations, mcoeff=cfg.mcoeff)
         reference = spectral.stft(targets[:, 0]).abs()
         return L.LossResult(L.magnitude_mse(out, reference), {})
+
+    def _masked_mse(self, sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`mse_mask` on the bins the model learns (`output_bins`, all when absent): the
+        U-Net's masks above its `max_bins` are a constant and carry no gradient."""
+        bins = getattr(self.model, "output_bins", None)
+        target_stft = spectral.stft(targets)[..., :bins, :]
+        if len(self.source_index) == sources.shape[1]:
+            # The STFT is linear: the mixture's is the sum of the sources', one transform fewer.
+            mix_stft = target_stft.sum(dim=1)
+        else:
+            mix_stft = spectral.stft(sources.sum(dim=1))[..., :bins, :]
+        magnitude = mix_stft.abs()  # the U-Net reads only its first max_bins bins anyway
+        with self._autocast():
+            masks = self.ddp(magnitude)
+        masks = masks.float()
+        return L.masked_magnitude_mse(masks[..., :bins, :], magnitude, target_stft.abs())
 
     def _train_step(self, micro_batches: Sequence[torch.Tensor], seed: int) -> Dict[str, float]:
         """One optimiser step over `accumulation` micro-batches; returns the mean loss and parts."""
