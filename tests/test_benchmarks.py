@@ -169,3 +169,37 @@ def test_cli_runs_a_full_size_row_and_saves_json(bench, tmp_path, capsys):
     assert row["name"] == "xumx" and row["parameters"] == models.parameter_count(models.build("xumx"))
     assert row["rtf"] == pytest.approx(row["median_seconds"] / 1.0)
     assert data["rtf_convention"] == "processing seconds / audio seconds"
+
+
+def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
+    """benchmarks/quality.py on tiny random models and one generated 4 s track: a row per
+    member, the blend and the two oracles; the floor checked against the stems directly."""
+    import numpy as np
+    import soundfile as sf
+
+    from danna_sep.bundle import save_bundle
+
+    pytest.importorskip("fluidsynth")
+    quality = importlib.import_module("benchmarks.quality")
+    _, common = bench
+    bundle = save_bundle(tmp_path / "bundle", common.random_bundle(PAPER_BLEND, seed=2, kwargs=TINY).members)
+    data, out = tmp_path / "split", tmp_path / "quality.json"
+    args = ["--bundle", str(bundle), "--data", str(data), "--tracks", "1", "--seconds", "4", "--seed", "5",
+            "--workers", "1", "--threads", "1", "--json", str(out)]
+    assert quality.main(args) == 0
+    table = capsys.readouterr().out
+    rows = json.loads(out.read_text())["sdr"]
+    assert list(rows) == ["xumx", "unet_attn", "demucs_split", "blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
+    assert all(name in table for name in rows) and "corpus seed 5" in table
+    (track,) = (data / "test").iterdir()
+    mixture = sf.read(track / "mixture.wav", dtype="float64")[0]
+    floor = {}
+    for source in ("drums", "bass", "other", "vocals"):
+        stem = sf.read(track / f"{source}.wav", dtype="float64")[0]
+        floor[source] = 10 * np.log10((np.sum(stem**2) + 1e-7) / (np.sum((stem - mixture) ** 2) + 1e-7))
+        assert rows["mixture (floor)"][source] == pytest.approx(floor[source], abs=1e-3)
+        assert rows["oracle IRM2 (ceiling)"][source] > floor[source] + 3
+    assert rows["mixture (floor)"]["mean"] == pytest.approx(np.mean(list(floor.values())), abs=1e-3)
+    assert quality.main(args) == 1  # the JSON exists: needs --force
+    assert "already exists" in capsys.readouterr().err
+    assert quality.main(args + ["--force"]) == 0
