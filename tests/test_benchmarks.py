@@ -200,6 +200,15 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
         assert rows["mixture (floor)"][source] == pytest.approx(floor[source], abs=1e-3)
         assert rows["oracle IRM2 (ceiling)"][source] > floor[source] + 3
     assert rows["mixture (floor)"]["mean"] == pytest.approx(np.mean(list(floor.values())), abs=1e-3)
+    # the blend row, summed from the members' estimates, is what Separator on the bundle gives
+    from danna_sep.evaluate import sdr_mdx
+    from danna_sep.separator import Separator
+
+    separated = Separator(bundle, device="cpu").separate_tensor(torch.from_numpy(mixture.T.astype(np.float32)), 44100)
+    for source in ("drums", "bass", "other", "vocals"):
+        stem = sf.read(track / f"{source}.wav", dtype="float32")[0].T
+        direct = sdr_mdx(stem[None], separated[source].numpy()[None])[0]
+        assert rows["blend"][source] == pytest.approx(direct, abs=1e-3)
     assert quality.main(args) == 1  # the JSON exists: needs --force
     assert "already exists" in capsys.readouterr().err
     assert quality.main(args + ["--force"]) == 0

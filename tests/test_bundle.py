@@ -1,6 +1,7 @@
 """Bundles: our format (manifest + safetensors + sha256) and the original tool's TorchScript folder."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -48,6 +49,11 @@ def test_save_and_load_round_trip(saved_bundle):
         for key, value in original.model.state_dict().items():
             assert torch.equal(member.model.state_dict()[key], value)
     assert not any(p.name.startswith(".") for p in saved_bundle.parent.iterdir())
+    # readable by others, like any installed file (mkdtemp alone would make it owner-only)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert saved_bundle.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in saved_bundle.iterdir())
 
 
 def test_existing_bundle_not_overwritten_without_force(saved_bundle):

@@ -1,11 +1,13 @@
 """`pip install .` into a fresh virtual environment, then the README's first command, offline.
 
-The environment reuses this interpreter's packages (torch and the codecs cannot be
-downloaded here) but gets its own copy of danna-sep, so the default bundle must come
-from the installed package data, not from the source tree.
+The new environment sees this one's packages (torch and the codecs are not downloaded
+again) through a .pth file, which adds their folders to sys.path without running their
+own .pth files, so this checkout's editable install stays out of it: danna-sep, and the
+default bundle with it, must come from what `pip install .` put into the environment.
 """
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -18,13 +20,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_pip_install_then_separate_the_example_offline(tmp_path):
     env_dir = tmp_path / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(env_dir)
+    venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
+    (site_packages,) = (env_dir / "lib").glob("python*/site-packages")
+    parents = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    (site_packages / "parent_environment.pth").write_text("\n".join(parents) + "\n")
     offline = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                "HF_HUB_OFFLINE": "1", "PYTHONNOUSERSITE": "1"}
     offline.pop("PYTHONPATH", None)
+    # Build from a copy: setuptools leaves build/ and *.egg-info in the folder it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, source / name)
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(ROOT)],
+        [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", str(source)],
         cwd=tmp_path, env=offline, capture_output=True, text=True)
     assert install.returncode == 0, install.stderr[-2000:]
     where = subprocess.run([str(python), "-c", "import danna_sep; print(danna_sep.__file__)"],

@@ -167,6 +167,13 @@ def save_bundle(
         if extra:
             manifest.update(extra)
         (staging / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        # mkdtemp (and safetensors) create owner-only files; a bundle is meant to be shared
+        # (installed as package data, copied to other users), so give it the usual modes.
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in staging.iterdir():
+            path.chmod(0o666 & ~umask)
+        staging.chmod(0o777 & ~umask)
         if target.exists():
             shutil.rmtree(target)
         os.replace(staging, target)
