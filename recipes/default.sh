@@ -12,16 +12,21 @@
 # bundle, pass src/danna_sep/pretrained/default (with FORCE=1 when it exists). Every step
 # resumes: run the same command again after an interruption. On 2 CPU cores the whole
 # recipe takes about 2 hours (see README); with a CUDA GPU, training runs there.
+# TRACKS, SECONDS_PER_TRACK, CONFIGS and QUALITY_TRACKS override the corpus size, the config folder
+# and the quality split (the tests run the whole script small).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-work/default}"
 bundle="${2:-$work/bundle}"
-configs="$here/configs/default"
+configs="${CONFIGS:-$here/configs/default}"
+tracks="${TRACKS:-120}"
+seconds="${SECONDS_PER_TRACK:-30}"
+quality_tracks="${QUALITY_TRACKS:-24}"
 members=(x_umx unet_attn demucs_split)
 
 echo "== corpus: $work/corpus" >&2
-danna-sep corpus "$work/corpus" --tracks 120 --seconds 30 --seed 0 --workers 2
+danna-sep corpus "$work/corpus" --tracks "$tracks" --seconds "$seconds" --seed 0 --workers 2
 
 echo "== training: ${members[*]} in $work/runs (logs: $work/runs/NAME.log)" >&2
 mkdir -p "$work/runs"
@@ -51,4 +56,5 @@ else
 fi
 
 echo "== quality on a fresh test split (seed 1)" >&2
-python "$here/benchmarks/quality.py" --bundle "$bundle" --data "$work/quality-seed1" --json "$work/quality.json" --force
+python "$here/benchmarks/quality.py" --bundle "$bundle" --data "$work/quality-seed1" --json "$work/quality.json" --force \
+    --tracks "$quality_tracks" --seconds "$seconds"
