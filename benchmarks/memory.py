@@ -5,7 +5,8 @@
 
 Each input length runs in a fresh process (spawned) that builds the paper blend of the
 three full-size Danna-Sep architectures (X-UMX, U-Net with attention, Demucs with four
-decoders; seeded random weights), then separates a generated 16-bit wav of that length
+decoders; seeded random weights, saved once as a bundle folder and loaded from it as the
+`separate` command does, with its default precision), then separates a generated 16-bit wav of that length
 with `Separator.write_stems` (what the `separate` command runs: the input is decoded
 block by block onto disk, separated segment by segment into float spools, then each stem
 is encoded). The table gives the process's peak resident memory (VmHWM) after loading
@@ -48,17 +49,23 @@ def write_clip(path: Path, minutes: float, seed: int) -> None:
             part += 1
 
 
-def _measure(path: str, out: str, segment: float, seed: int, threads: Optional[int]) -> Dict[str, Any]:
-    """In a fresh process: load the models, separate `path` into `out`, report memory."""
+def save_random_bundle(folder: Path, seed: int) -> Path:
+    """The paper blend with seeded random weights, saved as a bundle folder."""
+    from danna_sep.bundle import PAPER_BLEND, save_bundle
+
+    bundle = common.random_bundle(PAPER_BLEND, seed=seed)
+    return save_bundle(folder, bundle.members, bundle.sources)
+
+
+def _measure(path: str, out: str, bundle: str, segment: float, threads: Optional[int]) -> Dict[str, Any]:
+    """In a fresh process: load the bundle folder, separate `path` into `out`, report memory."""
     import torch
 
-    from danna_sep.bundle import PAPER_BLEND
     from danna_sep.separator import OutputOptions, Separator
 
     if threads:
         torch.set_num_threads(threads)
     started = common.peak_rss_bytes()
-    bundle = common.random_bundle(PAPER_BLEND, seed=seed)
     separator = Separator(bundle, device="cpu", segment=segment)
     loaded = common.peak_rss_bytes()
     targets = {name: Path(out) / f"{name}.wav" for name in separator.sources}
@@ -102,12 +109,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     results: List[Dict[str, Any]] = []
     context = get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="danna-sep-memory-") as scratch:
+        # Loaded from a folder, as `danna-sep separate --bundle` does (the separator then
+        # owns the models and may convert them to bfloat16 in place).
+        bundle = save_random_bundle(Path(scratch) / "bundle", args.seed)
         for minutes in lengths:
             clip = Path(scratch) / f"clip-{minutes:g}min.wav"
             write_clip(clip, minutes, args.seed)
             with context.Pool(1) as pool:
                 result = pool.apply(_measure, (str(clip), str(Path(scratch) / f"out-{minutes:g}"),
-                                               args.segment, args.seed, args.threads))
+                                               str(bundle), args.segment, args.threads))
             result["minutes"] = minutes
             results.append(result)
             clip.unlink()

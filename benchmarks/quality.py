@@ -115,7 +115,7 @@ def score(name: str, estimator, tracks: Sequence) -> Dict[str, float]:
     return {group: summary[group]["SDR"] for group in (*SOURCES, "mean")}
 
 
-def quality_rows(bundle: Bundle, tracks: Sequence) -> Dict[str, Dict[str, float]]:
+def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32") -> Dict[str, Dict[str, float]]:
     """The table: each member, the blend, the IRM2 ceiling and the mixture floor."""
     from danna_sep.evaluate import oracle_estimator, separator_estimator
     from danna_sep.separator import Separator
@@ -123,7 +123,7 @@ def quality_rows(bundle: Bundle, tracks: Sequence) -> Dict[str, Dict[str, float]
     rows: Dict[str, Dict[str, float]] = {}
     blend = BlendFromMembers(bundle)
     for index, alone in enumerate(members_alone(bundle)):
-        estimator = blend.wrap(index, separator_estimator(Separator(alone, device="cpu")))
+        estimator = blend.wrap(index, separator_estimator(Separator(alone, device="cpu", precision=precision)))
         rows[alone.members[0].name] = score(alone.members[0].name, estimator, tracks)
     rows["blend"] = score("blend", blend.estimator(), tracks)
     rows["oracle IRM2 (ceiling)"] = score("oracle IRM2", oracle_estimator("irm2"), tracks)
@@ -149,6 +149,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default: 30)")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed of the test split (default: 1)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating the split (default: 2)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
+                        help="the networks' arithmetic (default: float32, the same on every machine)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
@@ -173,16 +175,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     info = common.machine_info(threads=torch.get_num_threads())
     started = time.monotonic()
-    rows = quality_rows(bundle, tracks)
+    rows = quality_rows(bundle, tracks, args.precision)
     print(f"# Separation quality: {bundle.describe()}")
     print(f"Test split: {len(tracks)} generated tracks of {args.seconds:g} s, corpus seed {args.seed} "
-          f"({args.data}); MDX SDR in dB, mean over tracks; {time.monotonic() - started:.0f} s on "
+          f"({args.data}); networks in {args.precision}; MDX SDR in dB, mean over tracks; "
+          f"{time.monotonic() - started:.0f} s on "
           f"{common.machine_line(info)}")
     print()
     print(markdown(rows))
     if args.json is not None:
         common.write_json(args.json, {"machine": info, "bundle": bundle.describe(), "tracks": [t.name for t in tracks],
-                                      "seed": args.seed, "seconds": args.seconds, "sdr": rows}, force=args.force)
+                                      "seed": args.seed, "seconds": args.seconds, "precision": args.precision,
+                                      "sdr": rows}, force=args.force)
     return 0
 
 

@@ -9,9 +9,10 @@ weights drawn at random from a fixed seed (a shipped or `--bundle` bundle brings
 through the code a user would run:
 
 - ours: `danna_sep.separator.Separator` with its defaults (segment 10 s, overlap 0.25,
-  shifts 0, one Wiener iteration over windows of 300 frames): each full-size model alone
-  (a one-model bundle with weight 1), the fast blend (U-Net + Demucs) and the full blend
-  (X-UMX + U-Net + Demucs, the paper's table);
+  shifts 0, one Wiener iteration over windows of 300 frames, precision "auto": bfloat16
+  networks on CPUs with native bfloat16, float32 elsewhere): each full-size model alone
+  (a one-model bundle with weight 1), the fast blend (U-Net + Demucs), the full blend
+  (X-UMX + U-Net + Demucs, the paper's table), and the full blend in float32;
 - `openunmix`: `openunmix.model.Separator` with four UMX-HQ targets (hidden 512, 3 LSTM
   layers, 2049 bins, max_bin 1487), one Wiener iteration over 300-frame windows, no
   residual, no softmask: the whole track at once, as its `umx` command does;
@@ -165,8 +166,8 @@ def default_systems(bundles: Sequence[str] = ()) -> List[System]:
         System("demucs_split", "Demucs, 4 decoders (danna-sep)", "bundle", blend=_one_model("demucs_split")),
         System("danna_sep_fast", "Danna-Sep fast blend (U-Net + Demucs)", "bundle", blend=FAST_BLEND),
         System("danna_sep", "Danna-Sep full blend (X-UMX + U-Net + Demucs)", "bundle", blend=PAPER_BLEND),
-        System("danna_sep_bf16", "Danna-Sep full blend, bfloat16 networks", "bundle", blend=PAPER_BLEND,
-               separator={"precision": "bfloat16"}),
+        System("danna_sep_fp32", "Danna-Sep full blend, float32 networks", "bundle", blend=PAPER_BLEND,
+               separator={"precision": "float32"}),
         System("umxhq", "Open-Unmix UMX-HQ (openunmix)", "openunmix", kwargs=UMXHQ_KWARGS),
         System("htdemucs", "HT-Demucs (demucs)", "htdemucs", kwargs=HTDEMUCS_KWARGS),
     ]
@@ -197,9 +198,7 @@ def _build_bundle(system: System, options: RunOptions) -> Tuple[RunFn, int, str]
     shifts = {} if options.shifts is None else {"shifts": options.shifts}
     separator = Separator(bundle, device=options.device, **shifts, **system.separator)
     opts = separator.options
-    settings = f"segment {opts.segment:g} s, overlap {opts.overlap:g}, shifts {opts.shifts}"
-    if opts.precision != "float32":
-        settings += f", {opts.precision}"
+    settings = f"segment {opts.segment:g} s, overlap {opts.overlap:g}, shifts {opts.shifts}, {opts.precision}"
     if any(member.model.input_domain == "magnitude" for member in separator.bundle.members):
         settings += f", Wiener {opts.wiener_iterations} iter / {opts.wiener_window} frames"
     parameters = _count([member.model for member in separator.bundle.members])

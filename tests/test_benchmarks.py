@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from danna_sep import models
+from danna_sep.engine import resolve_precision
 from danna_sep.bundle import FAST_BLEND, PAPER_BLEND
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,8 @@ def test_measure_tiny_blend_in_process(bench):
     waveform_only = speed.System("tiny_demucs", "tiny demucs", "bundle",
                                  blend={"demucs_split": FAST_BLEND["demucs_split"]}, kwargs=TINY)
     row = speed.measure(waveform_only, clip, speed.RunOptions(threads=1, warmup_seconds=0, shifts=1))
-    assert row.settings == "segment 10 s, overlap 0.25, shifts 1"  # no Wiener filter for Demucs
+    precision = resolve_precision("auto", torch.device("cpu"))
+    assert row.settings == f"segment 10 s, overlap 0.25, shifts 1, {precision}"  # no Wiener filter for Demucs
 
 
 def test_measure_tiny_openunmix(bench):
@@ -134,7 +136,7 @@ def test_render_and_the_blend_requirement(bench):
 def test_default_systems_are_data_driven(bench, tmp_path):
     speed, _ = bench
     names = [s.name for s in speed.default_systems()]
-    assert names[:8] == ["xumx", "unet_attn", "demucs_split", "danna_sep_fast", "danna_sep", "danna_sep_bf16",
+    assert names[:8] == ["xumx", "unet_attn", "demucs_split", "danna_sep_fast", "danna_sep", "danna_sep_fp32",
                          "umxhq", "htdemucs"]
     assert ("default" in names) == (speed.PRETRAINED_DEFAULT / "bundle.json").is_file()
     extra = speed.default_systems([str(tmp_path / "a"), str(tmp_path / "b")])
@@ -204,7 +206,8 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
     from danna_sep.evaluate import sdr_mdx
     from danna_sep.separator import Separator
 
-    separated = Separator(bundle, device="cpu").separate_tensor(torch.from_numpy(mixture.T.astype(np.float32)), 44100)
+    separated = Separator(bundle, device="cpu", precision="float32").separate_tensor(
+        torch.from_numpy(mixture.T.astype(np.float32)), 44100)
     for source in ("drums", "bass", "other", "vocals"):
         stem = sf.read(track / f"{source}.wav", dtype="float32")[0].T
         direct = sdr_mdx(stem[None], separated[source].numpy()[None])[0]

@@ -112,6 +112,14 @@ def test_separator_blend_equals_weighted_members(saved_bundle):
         assert (stems[s] - expected[s]).abs().max().item() < 1e-5
 
 
+def test_bfloat16_converts_only_a_bundle_the_separator_loaded(saved_bundle):
+    given = bundles.load_bundle(saved_bundle)
+    Separator(given, device="cpu", precision="bfloat16")
+    assert all(p.dtype == torch.float32 for m in given.members for p in m.model.parameters())
+    loaded = Separator(saved_bundle, device="cpu", precision="bfloat16")
+    assert all(p.dtype == torch.bfloat16 for m in loaded.bundle.members for p in m.model.parameters())
+
+
 def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bundle, tmp_path):
     loaded = bundles.load_bundle(saved_bundle)
     folder = bundles.export_original(loaded, tmp_path / "checkpoints")
@@ -120,8 +128,9 @@ def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bund
     wav = torch.randn(2, 25_000, generator=torch.Generator().manual_seed(4)) * 0.2
     # the U-Net loaded from an original file keeps the original's attention padding bias
     assert original.members[1].kwargs["original_padding_bias"] is True
-    eager = Separator(loaded, device="cpu", segment=0.5).separate_tensor(wav)
-    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5).separate_tensor(wav)
+    # float32: TorchScript files run bfloat16 through autocast, eager models as bfloat16 copies
+    eager = Separator(loaded, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
+    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
     for s in eager:
         assert (eager[s] - from_files[s]).abs().max().item() < 1e-5
 
@@ -168,8 +177,9 @@ def test_xumx_onnx_runs_through_onnxruntime(saved_bundle, tmp_path):
     with torch.no_grad():
         assert (original.members[0].model(mag) - loaded.members[0].model(mag)).abs().max().item() < 1e-4
     wav = torch.randn(2, 25_000, generator=torch.Generator().manual_seed(4)) * 0.2
-    eager = Separator(loaded, device="cpu", segment=0.5).separate_tensor(wav)
-    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5).separate_tensor(wav)
+    # float32: TorchScript files run bfloat16 through autocast, eager models as bfloat16 copies
+    eager = Separator(loaded, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
+    from_files = Separator(checkpoints=folder, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
     for s in eager:
         assert (eager[s] - from_files[s]).abs().max().item() < 1e-4
     (folder / "xumx.onnx").write_bytes(b"not onnx")

@@ -156,3 +156,50 @@ def test_runner_layout_and_precision():
     assert (a - b).norm() / a.norm() < 0.05
     with pytest.raises(ValueError, match="precision"):
         EngineOptions(precision="float16")
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("xumx", dict(hidden_channels=16, max_bins=64)),
+    ("unet_attn", dict(max_bins=128, k=2, attn_channels=8, attn_d_model=8, attn_heads=2)),
+    ("demucs_split", dict(channels=4, depth=2)),
+    ("umx", dict(hidden_size=16, max_bin=64)),
+    ("demucs_v1", dict(channels=4, depth=2)),
+])
+def test_bfloat16_runs_a_copy_close_to_float32(name, kwargs):
+    """bfloat16 runs a bfloat16 copy of the model (the caller's stays float32) whose stems
+    stay close to float32's; with own_model the model itself is converted."""
+    from danna_sep import models
+    from danna_sep.engine import EngineOptions, ModelRunner
+
+    torch.manual_seed(0)
+    model = models.build(name, **kwargs).eval()
+    chunk = torch.randn(2, 30_000, generator=torch.Generator().manual_seed(1)) * 0.3
+    exact = ModelRunner(model, CPU, EngineOptions(precision="float32"))(chunk)
+    runner = ModelRunner(model, CPU, EngineOptions(precision="bfloat16"))
+    assert runner.cast and not runner.autocast
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in runner.model.parameters())
+    fast = runner(chunk)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert (fast - exact).norm() / exact.norm() < 0.05
+    assert not torch.equal(fast, exact)
+    owner = ModelRunner(model, CPU, EngineOptions(precision="bfloat16"), own_model=True)
+    assert owner.model is model and all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert torch.equal(owner(chunk), fast)
+
+
+def test_auto_precision_follows_the_hardware(monkeypatch):
+    from danna_sep.engine import EngineOptions, ModelRunner, resolve_precision
+
+    assert resolve_precision("float32", CPU) == "float32"
+    assert resolve_precision("bfloat16", CPU) == "bfloat16"
+    assert resolve_precision("auto", torch.device("cuda")) == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_precision("auto", CPU) == "bfloat16"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    assert resolve_precision("auto", CPU) == "float32"
+    from danna_sep import models
+
+    runner = ModelRunner(models.build("xumx", hidden_channels=8, max_bins=32), CPU, EngineOptions(precision="auto"))
+    assert runner.options.precision == "float32" and not runner.cast

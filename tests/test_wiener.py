@@ -8,7 +8,9 @@ import torch
 from danna_sep import wiener as mwf
 
 EPS = 1e-10
-SHAPES = [(5, 7, 2, 4), (12, 3, 1, 2), (8, 4, 2, 3)]  # frames, bins, channels, sources
+# frames, bins, channels, sources; stereo has its own code path, other channel counts the
+# general one, and 300 bins span several of the blocks that `wiener` filters apart.
+SHAPES = [(5, 7, 2, 4), (12, 3, 1, 2), (8, 4, 2, 3), (6, 5, 3, 2), (4, 300, 2, 4)]
 
 
 def random_problem(shape, seed, scale=3.0):
@@ -57,6 +59,10 @@ def test_zero_iterations_is_the_initial_estimate(softmask):
     ref = norbert.wiener(v, x.copy(), iterations=0, use_softmask=softmask, eps=EPS)
     ours = mwf.wiener(torch.from_numpy(v), torch.from_numpy(x), 0, softmask, eps=EPS)
     assert rel_error(ours, ref) < 1e-12
+
+
+def test_bin_blocks_cover_the_spectrum():
+    assert mwf.BIN_BLOCK < 300  # so that the last SHAPES entry spans several blocks
 
 
 def test_batched_equals_each_item_and_norbert():

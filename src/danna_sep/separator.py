@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from .bundle import Bundle, BundleError, load_bundle, load_original
-from .engine import Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device, stream
+from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device,
+                     resolve_precision, stream)
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +26,14 @@ _HEAP_TUNED = False
 
 
 def _return_freed_memory_to_the_system() -> None:
-    """Ask glibc to serve blocks of 1 MiB and more with mmap, once per process.
+    """Ask glibc to serve blocks of 128 MiB and more with mmap, once per process.
 
     glibc raises its mmap threshold each time a large block is freed, after which
     segment-sized tensors come from the heap, whose free space fragments and is not given
-    back: a 10 s segment through the paper blend then peaked about 640 MB higher
-    (benchmarks/memory.py). A fixed threshold keeps every tensor's memory returnable.
+    back (a 10 s segment through the paper blend peaked about 640 MB higher,
+    benchmarks/memory.py). A fixed threshold keeps the largest tensors' memory returnable.
+    It is not lower because each mmap'd block is fresh memory that the kernel must fault
+    in and zero: at 1 MiB the full blend ran 1.5 times slower (benchmarks/speed.py).
     A no-op off glibc.
     """
     global _HEAP_TUNED
@@ -46,7 +49,7 @@ def _return_freed_memory_to_the_system() -> None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         M_MMAP_THRESHOLD = -3
-        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+        libc.mallopt(M_MMAP_THRESHOLD, 128 << 20)
     except (OSError, AttributeError):  # pragma: no cover - unusual libc
         log.debug("mallopt not available; heap left as it is")
 
@@ -96,21 +99,23 @@ class Separator:
         overlap: float = 0.25,
         shifts: int = 0,
         wiener_iterations: int = 1,
-        precision: str = "float32",
+        precision: str = "auto",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
         self.bundle = resolve_bundle(bundle, checkpoints, fast)
+        # A bundle we loaded is ours to convert; a caller's is left as it was given.
+        own_models = not isinstance(bundle, Bundle)
         self.device = resolve_device(device)
         self.options = EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
-            precision=precision,
+            precision=resolve_precision(precision, self.device),
         )
         self.progress = progress
         runners = []
         for member in self.bundle.members:
             member.model.to(self.device).eval()
-            runners.append(ModelRunner(member.model, self.device, self.options))
+            runners.append(ModelRunner(member.model, self.device, self.options, own_model=own_models))
         self._blend = Blend(runners, [m.blend for m in self.bundle.members], self.bundle.sources)
 
     @property

@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     parser.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
     parser.add_argument("--overlap", type=float, default=0.25, help="(default: %(default)s)")
     parser.add_argument("--shifts", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
+                        help="the networks' arithmetic; float32 gives the same scores on every "
+                             "machine (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing report")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(handler=_cmd_evaluate)
@@ -172,7 +175,7 @@ def _estimator(args: argparse.Namespace, world: int):
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
     separator = Separator(
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
-        segment=args.segment, overlap=args.overlap, shifts=args.shifts,
+        segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
     )
     description = f"checkpoints {args.checkpoints}" if args.checkpoints else f"bundle {args.bundle}"
     return separator_estimator(separator), description
