@@ -197,3 +197,24 @@ def test_exported_unet_keeps_its_attention_padding_bias(tmp_path):
     scripted = torch.jit.load(str(folder / "unet_attention.pth"))
     kwargs = bundles._infer_original_kwargs("unet_attn", dict(scripted.state_dict()), scripted)
     assert kwargs["original_padding_bias"] is False
+
+
+def test_loading_builds_on_meta_but_keeps_state_outside_the_state_dict(tmp_path, monkeypatch):
+    from torch import nn
+
+    from danna_sep import models
+
+    class WithWindow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(3, 3)
+            self.register_buffer("window", torch.hann_window(8), persistent=False)
+
+    monkeypatch.setitem(models._REGISTRY, "with_window", WithWindow)
+    torch.manual_seed(0)
+    original = WithWindow()
+    folder = bundles.save_bundle(tmp_path / "b", [Member("with_window", original, {"vocals": 1.0}, {})])
+    loaded = bundles.load_bundle(folder).members[0].model
+    assert torch.equal(loaded.window, torch.hann_window(8))
+    assert torch.equal(loaded.linear.weight, original.linear.weight)
+    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])

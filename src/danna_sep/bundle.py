@@ -198,6 +198,27 @@ def _read_manifest(folder: Path) -> Dict[str, Any]:
     return manifest
 
 
+def _build_with_weights(name: str, kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor],
+                        weights: Path) -> nn.Module:
+    """The registry model `name` holding the tensors of `state` themselves.
+
+    The model is built on the meta device, so its random initial weights never take memory
+    beside the loaded ones (a full-size bundle loads in half the peak memory).
+    """
+    with torch.device("meta"):
+        model = models.build(name, **kwargs)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise BundleError(f"{weights}: weights do not fit {name}({dict(kwargs)}): {first}") from None
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # state outside the state dict
+        fresh = models.build(name, **kwargs)
+        fresh.load_state_dict(state, strict=True)
+        return fresh
+    return model
+
+
 def load_bundle(folder: str | os.PathLike) -> Bundle:
     """Load our bundle format, checking every weights file against its declared sha256."""
     from safetensors import SafetensorError
@@ -223,12 +244,7 @@ def load_bundle(folder: str | os.PathLike) -> Bundle:
         except (SafetensorError, OSError) as exc:
             raise BundleError(f"{weights}: unreadable weights ({exc})") from None
         kwargs = dict(entry.get("kwargs", {}))
-        model = models.build(name, **kwargs)
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise BundleError(f"{weights}: weights do not fit {name}({kwargs}): {first}") from None
+        model = _build_with_weights(name, kwargs, state, weights)
         model.eval()
         members.append(Member(name=name, model=model, blend=dict(entry.get("blend", {})), kwargs=kwargs))
     return Bundle(members=members, sources=sources, origin=str(root))
