@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +155,23 @@ def test_the_default_bundle_ships_and_loads():
     assert [m.name for m in separator.bundle.members] == ["xumx", "unet_attn", "demucs_split"]
     for source in separator.sources:
         assert sum(m.blend[source] for m in separator.bundle.members) == pytest.approx(1.0)
+
+
+def test_the_default_bundle_was_trained_with_the_shipped_configs():
+    """`recipes/default.sh` must rebuild what ships: each member's training record (the
+    resolved config its checkpoint carried) equals configs/default/ in everything but its
+    wording and the corpus path."""
+    from danna_sep.separator import PRETRAINED
+    from danna_sep.train.config import config_from_dict, differences, load_config
+
+    manifest = json.loads((PRETRAINED / "default" / "bundle.json").read_text())
+    configs = Path(__file__).resolve().parents[1] / "configs" / "default"
+    assert len(manifest["training"]) == 3
+    for record, name in zip(manifest["training"], ["x_umx", "unet_attn", "demucs_split"]):
+        shipped = load_config(configs / f"{name}.json")
+        trained = config_from_dict(record["config"])
+        assert set(differences(shipped, trained)) <= {"description", "data.root"}, name
+        assert record["progress"]["epoch"] == shipped.train.epochs
 
 
 def test_default_bundle_missing_is_one_clear_error(tmp_path, monkeypatch):
