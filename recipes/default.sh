@@ -11,7 +11,7 @@
 # WORK_DIR defaults to work/default, BUNDLE_DIR to WORK_DIR/bundle; to replace the shipped
 # bundle, pass src/danna_sep/pretrained/default (with FORCE=1 when it exists). Every step
 # resumes: run the same command again after an interruption. On 2 CPU cores the whole
-# recipe takes about 2 hours (see README); with a CUDA GPU, training runs there.
+# recipe takes about 2 h 25 min (see README); with a CUDA GPU, training runs there.
 # TRACKS, SECONDS_PER_TRACK, CONFIGS and QUALITY_TRACKS override the corpus size, the config folder
 # and the quality split (the tests run the whole script small).
 set -euo pipefail
