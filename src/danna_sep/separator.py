@@ -104,7 +104,8 @@ class Separator:
     ):
         _return_freed_memory_to_the_system()
         self.bundle = resolve_bundle(bundle, checkpoints, fast)
-        # A bundle we loaded is ours to convert; a caller's is left as it was given.
+        # A bundle we loaded is ours to cast to bfloat16; a caller's keeps its dtype (the
+        # runner casts a copy) but is moved to the device and put in eval mode, in place.
         own_models = not isinstance(bundle, Bundle)
         self.device = resolve_device(device)
         self.options = EngineOptions(

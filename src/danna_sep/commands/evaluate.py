@@ -12,6 +12,8 @@ import os
 import sys
 from typing import Optional
 
+from ..distributed import leave_process_group
+
 log = logging.getLogger(__name__)
 
 
@@ -128,7 +130,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         # every rank takes part in the gather, failed or not, so that none waits forever
         gathered = [None] * world if rank == 0 else None
         dist.gather_object((report.tracks, failure), gathered, dst=0)
-        dist.destroy_process_group()
+        leave_process_group()
         if rank != 0:
             return 1 if failure else 0
         failures = [f for _, f in gathered if f]

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .. import __version__, models, spectral
+from ..distributed import leave_process_group
 from ..models import SOURCES
 from . import losses as L
 from .checkpoint import (
@@ -938,7 +939,4 @@ def train(
         torch.backends.cudnn.benchmark = benchmark
         torch.set_num_threads(threads)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            leave_process_group()
