@@ -930,13 +930,16 @@ def train(
         # Fewer threads than cores is often faster for small models, and far faster on a
         # shared machine, where spinning OpenMP threads wait for each other.
         torch.set_num_threads(config.train.threads)
+    finished = False
     try:
         trainer = Trainer(config, run_dir, resume=resume, weights=weights, device=device, force=force,
                           progress=progress, config_source=config_source)
-        return trainer.fit()
+        summary = trainer.fit()
+        finished = True
+        return summary
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.backends.cudnn.benchmark = benchmark
         torch.set_num_threads(threads)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            leave_process_group()
+            leave_process_group(wait=finished)
