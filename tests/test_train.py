@@ -169,6 +169,23 @@ def test_torchrun_ddp_keeps_ranks_in_sync(base, tmp_path):
     assert len(read_jsonl(run / "losses.jsonl")) == 4
 
 
+def test_a_torchrun_process_exits_with_its_code_and_all_its_output(tmp_path):
+    # Under torchrun the command skips interpreter teardown (os._exit), which drops
+    # whatever Python still buffers: a table piped to another program must still arrive.
+    env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
+    env.pop("PYTHONUNBUFFERED", None)  # a pipe is then block-buffered, as it is by default
+    listing = subprocess.run([sys.executable, "-m", "danna_sep.cli", "models"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == set(models.names())
+    missing = tmp_path / "missing.wav"
+    failed = subprocess.run([sys.executable, "-m", "danna_sep.cli", "separate", str(missing), "-o",
+                             str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == f"danna-sep: {missing}: no such file"
+
+
 # --- bad data and configs: one clear line, before training starts ------------------------
 
 def _bad_dataset(tmp_path, problem):

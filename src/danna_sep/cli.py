@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
@@ -283,5 +285,22 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The console entry point: `main()` on the command line, then exit with its code.
+
+    A process torchrun started leaves without tearing the interpreter down: gloo's worker
+    threads can still be dropping the last collective's tensors then, which needs the GIL
+    a finalising interpreter no longer hands out, and the process would abort after a
+    run that succeeded (see `distributed.leave_process_group`).
+    """
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()
