@@ -130,6 +130,9 @@ def test_render_and_the_blend_requirement(bench):
     assert "1.25" in speed.blend_check(rows) and "NOT met" in speed.blend_check(rows)
     rows[0].seconds = [10.0]
     assert "0.50" in speed.blend_check(rows) and "NOT" not in speed.blend_check(rows)
+    assert "From 1 timed run(s) of each" in speed.blend_check(rows)
+    rows[0].seconds, rows[1].seconds = [10.0, 11.0, 12.0], [20.0, 21.0, 22.0]
+    assert speed.blend_check(rows) == "Full blend / HT-Demucs time: 0.52 (requirement: at most 1, met)."
     assert speed.blend_check(rows[1:]) is None
 
 
