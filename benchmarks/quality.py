@@ -20,6 +20,14 @@ overlap 0.25, one Wiener iteration):
 
 The score is the Music Demixing Challenge SDR of each whole track, averaged over tracks,
 per source; "mean" averages the four sources.
+
+A second table scores the same systems on real recordings: the MIR-1K clips of
+`shared/realval/` (amateur singing over karaoke accompaniment, mono 16 kHz; `--realval`,
+skipped with `--realval none`). Each clip is separated as a user's 16 kHz file would be
+(`Separator.separate_tensor` resamples to 44.1 kHz, separates, and resamples the stems
+back), the stereo estimates are averaged to mono, and "accompaniment" is the sum of
+drums, bass and other; the SDR of each clip is taken at 16 kHz, then averaged over clips.
+These clips score; they are never trained on.
 """
 
 from __future__ import annotations
@@ -30,7 +38,10 @@ import logging
 import sys
 import time
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
+
+import numpy as np
 
 try:  # run as a module: python -m benchmarks.quality
     from . import _common as common
@@ -43,6 +54,8 @@ from danna_sep.models import SOURCES
 log = logging.getLogger("benchmarks.quality")
 
 DEFAULT_DATA = Path(__file__).resolve().parent / "data" / "quality-seed1"
+DEFAULT_REALVAL = Path(__file__).resolve().parents[2] / "shared" / "realval"
+REAL_STEMS = ("vocals", "accompaniment")
 
 
 def ensure_split(root: Path, tracks: int, seconds: float, seed: int, workers: int) -> List:
@@ -131,11 +144,95 @@ def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32") -
     return rows
 
 
-def markdown(rows: Dict[str, Dict[str, float]]) -> str:
-    header = ["system", *SOURCES, "mean"]
+@dataclass
+class RealClip:
+    """One real recording: mono float32 `(1, samples)` mixture and true stems, at `samplerate`."""
+
+    name: str
+    samplerate: int
+    mixture: "object"
+    stems: Dict[str, object]  # "vocals", "accompaniment"
+
+
+def load_realval(root: Path) -> List[RealClip]:
+    """The clips under `root`: every folder holding mixture.wav, vocals.wav and accompaniment.wav."""
+    import soundfile
+    import torch
+
+    if not root.is_dir():
+        raise common.BenchmarkError(f"{root}: no such folder of real clips (pass --realval none to skip them)")
+    clips = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = {name: folder / f"{name}.wav" for name in ("mixture", *REAL_STEMS)}
+        if not all(f.is_file() for f in files.values()):
+            continue
+        audio = {}
+        rates = set()
+        for name, path in files.items():
+            data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+            audio[name] = torch.from_numpy(data.T.mean(axis=0, keepdims=True).copy())
+            rates.add(rate)
+        if len(rates) != 1 or len({a.shape[-1] for a in audio.values()}) != 1:
+            raise common.BenchmarkError(f"{folder}: stems of different rates or lengths")
+        clips.append(RealClip(folder.name, rates.pop(), audio.pop("mixture"), audio))
+    if not clips:
+        raise common.BenchmarkError(f"{root}: no clip folders with mixture.wav, vocals.wav and accompaniment.wav")
+    return clips
+
+
+def real_estimates(stems: Dict[str, object], weights: Optional[Dict[str, float]] = None) -> "object":
+    """`(2, 1, samples)` vocals and accompaniment from a separator's stems `{name: (channels, samples)}`,
+    each stem weighted by `weights` (default 1), channels averaged to mono."""
+    import torch
+
+    def mono(name: str):
+        weight = 1.0 if weights is None else weights.get(name, 0.0)
+        return stems[name].mean(dim=0, keepdim=True) * weight
+
+    accompaniment = sum(mono(name) for name in SOURCES if name != "vocals")
+    return torch.stack([mono("vocals"), accompaniment])
+
+
+def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32") -> Dict[str, Dict[str, float]]:
+    """The real-music table: each member, the blend (summed from the members' weighted
+    stems, as in `BlendFromMembers`), IRM2 at the clips' rate and the mixture floor."""
+    import torch
+
+    from danna_sep.evaluate import oracle_estimates, sdr_mdx
+    from danna_sep.separator import Separator
+
+    def truth(clip: RealClip):
+        return torch.stack([clip.stems[name] for name in REAL_STEMS])
+
+    def table(estimates: Sequence) -> Dict[str, float]:
+        scores = np.array([sdr_mdx(truth(clip), est) for clip, est in zip(clips, estimates)])
+        row = {name: float(scores[:, i].mean()) for i, name in enumerate(REAL_STEMS)}
+        row["mean"] = float(scores.mean())
+        return row
+
+    rows: Dict[str, Dict[str, float]] = {}
+    blend: List = [0.0] * len(clips)
+    for alone, member in zip(members_alone(bundle), bundle.members):
+        separator = Separator(alone, device="cpu", precision=precision)
+        estimates = []
+        for index, clip in enumerate(clips):
+            print(f"\r  {member.name} (real): {index + 1}/{len(clips)} clips", end="", file=sys.stderr, flush=True)
+            stems = separator.separate_tensor(clip.mixture, clip.samplerate)
+            estimates.append(real_estimates(stems))
+            blend[index] = blend[index] + real_estimates(stems, member.blend)
+        print(file=sys.stderr)
+        rows[member.name] = table(estimates)
+    rows["blend"] = table(blend)
+    rows["oracle IRM2 (ceiling)"] = table([oracle_estimates("irm2", truth(clip)) for clip in clips])
+    rows["mixture (floor)"] = table([oracle_estimates("mixture", truth(clip)) for clip in clips])
+    return rows
+
+
+def markdown(rows: Dict[str, Dict[str, float]], columns: Sequence[str] = (*SOURCES, "mean")) -> str:
+    header = ["system", *columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, scores in rows.items():
-        lines.append("| " + " | ".join([name] + [f"{scores[k]:.2f}" for k in (*SOURCES, "mean")]) + " |")
+        lines.append("| " + " | ".join([name] + [f"{scores[k]:.2f}" for k in columns]) + " |")
     return "\n".join(lines)
 
 
@@ -149,6 +246,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default: 30)")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed of the test split (default: 1)")
     parser.add_argument("--workers", type=int, default=2, help="processes generating the split (default: 2)")
+    parser.add_argument("--realval", default=str(DEFAULT_REALVAL),
+                        help=f"folder of real clips for the second table, or 'none' (default: {DEFAULT_REALVAL})")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
                         help="the networks' arithmetic (default: float32, the same on every machine)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -169,6 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     try:
         bundle = resolve_bundle(args.bundle)
+        clips = [] if args.realval == "none" else load_realval(Path(args.realval))
         tracks = ensure_split(args.data, args.tracks, args.seconds, args.seed, args.workers)
     except (BundleError, DataError, common.BenchmarkError) as exc:
         print(f"quality: {exc}", file=sys.stderr)
@@ -183,10 +283,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{common.machine_line(info)}")
     print()
     print(markdown(rows))
+    real = None
+    if clips:
+        started = time.monotonic()
+        real = real_rows(bundle, clips, args.precision)
+        print()
+        print(f"Real recordings: {len(clips)} MIR-1K clips ({args.realval}), mono {clips[0].samplerate} Hz, "
+              f"separated at 44.1 kHz; accompaniment = drums + bass + other; MDX SDR in dB at the clips' "
+              f"rate, mean over clips; {time.monotonic() - started:.0f} s")
+        print()
+        print(markdown(real, (*REAL_STEMS, "mean")))
     if args.json is not None:
         common.write_json(args.json, {"machine": info, "bundle": bundle.describe(), "tracks": [t.name for t in tracks],
                                       "seed": args.seed, "seconds": args.seconds, "precision": args.precision,
-                                      "sdr": rows}, force=args.force)
+                                      "sdr": rows,
+                                      "real": None if real is None else {"root": args.realval,
+                                                                         "clips": [c.name for c in clips],
+                                                                         "sdr": real}},
+                          force=args.force)
     return 0
 
 

@@ -17,6 +17,8 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .synth import BASS_PATCHES, LEAD_PATCHES, PAD_PATCHES, PATCH_INDEX, SYNTH_BANK
+
 Stem = Literal["drums", "bass", "other", "vocals"]
 Mode = Literal["major", "minor", "dorian", "mixolydian"]
 
@@ -58,6 +60,10 @@ FAMILIES: Dict[str, Tuple[int, ...]] = {
     "organ": (16, 17, 18),
     "strings": (48, 49, 50, 51),
     "pad": (88, 89, 90, 92, 93, 95),
+    # Overdriven and distortion guitars, played as power chords and put through an amp.
+    "drive": (29, 30),
+    # The numpy synthesizer's pads, leads, plucks and stabs (bank SYNTH_BANK).
+    "synth": tuple(PATCH_INDEX[name] for name in PAD_PATCHES + LEAD_PATCHES),
 }
 SUSTAINED_FAMILIES = ("organ", "strings", "pad")
 BASS_PROGRAMS = (32, 33, 34, 35, 36, 37, 38, 39)
@@ -65,6 +71,71 @@ BASS_PROGRAM_WEIGHTS = (0.12, 0.28, 0.17, 0.08, 0.05, 0.04, 0.15, 0.11)
 VOCAL_DOUBLING_PROGRAMS = (52, 53, 54)  # Choir Aahs, Voice Oohs, Synth Voice
 # Bank 128 drum kits of the General MIDI / GS layout (FluidR3_GM has all of them).
 DRUM_KITS = {"standard": 0, "room": 8, "power": 16, "electronic": 24, "tr808": 25, "jazz": 32, "brush": 40}
+
+
+@dataclass(frozen=True)
+class Genre:
+    """How a genre biases the composer: tempo, grooves, bass and accompaniment."""
+
+    name: str
+    tempo: Tuple[int, int]
+    drum_styles: Dict[str, float]
+    bass: Dict[Tuple[int, int], float]  # (bank, program) -> weight
+    bass_styles: Dict[str, float]
+    families: Dict[str, float]  # the first accompaniment part
+    second: Dict[str, float]  # the second one (it may repeat the first family: double-tracking)
+    second_p: float
+    kits: Optional[Tuple[str, ...]] = None  # drum kits, instead of the groove's usual ones
+    programs: Optional[Dict[str, Tuple[int, ...]]] = None  # per family, instead of FAMILIES
+    swing_p: float = 0.15
+
+
+_SYNTH_BASS = {(SYNTH_BANK, PATCH_INDEX[name]): w for name, w in
+               (("acid_bass", 0.2), ("reese_bass", 0.2), ("sub_bass", 0.3), ("808", 0.3))}
+GENRES: Dict[str, Genre] = {
+    "pop": Genre(
+        "pop", (84, 132),
+        {"pop": 0.3, "rock": 0.15, "disco": 0.15, "halftime": 0.1, "ballad": 0.1, "hiphop": 0.1, "shuffle": 0.1},
+        {(0, 33): 0.3, (0, 34): 0.2, (0, 32): 0.1, (0, 35): 0.05, (0, 38): 0.15, (0, 39): 0.1,
+         (SYNTH_BANK, PATCH_INDEX["sub_bass"]): 0.1},
+        {"whole": 0.12, "eighths": 0.25, "root_fifth": 0.18, "octave": 0.1, "walking": 0.05, "syncopated": 0.2,
+         "arp": 0.1},
+        {"piano": 0.3, "guitar": 0.3, "synth": 0.15, "organ": 0.05, "strings": 0.1, "pad": 0.05, "drive": 0.05},
+        {"strings": 0.25, "pad": 0.2, "synth": 0.2, "guitar": 0.15, "piano": 0.1, "organ": 0.1}, 0.6),
+    "rock": Genre(
+        "rock", (92, 160),
+        {"rock": 0.55, "halftime": 0.2, "pop": 0.15, "shuffle": 0.1},
+        {(0, 34): 0.4, (0, 33): 0.4, (0, 35): 0.1, (0, 32): 0.1},
+        {"eighths": 0.45, "root_fifth": 0.2, "octave": 0.15, "whole": 0.1, "syncopated": 0.1},
+        {"drive": 0.7, "guitar": 0.15, "piano": 0.05, "organ": 0.1},
+        {"drive": 0.5, "guitar": 0.2, "organ": 0.15, "strings": 0.1, "piano": 0.05}, 0.75,
+        kits=("standard", "room", "power")),
+    "electronic": Genre(
+        "electronic", (96, 132),
+        {"disco": 0.35, "hiphop": 0.25, "pop": 0.25, "halftime": 0.15},
+        {**_SYNTH_BASS, (0, 38): 0.15, (0, 39): 0.15},
+        {"eighths": 0.2, "syncopated": 0.3, "octave": 0.2, "whole": 0.15, "arp": 0.15},
+        {"synth": 0.75, "pad": 0.1, "piano": 0.15},
+        {"synth": 0.6, "pad": 0.25, "strings": 0.15}, 0.85,
+        kits=("electronic", "tr808"), programs={"piano": (4, 5)}, swing_p=0.1),
+    "ballad": Genre(
+        "ballad", (60, 86),
+        {"ballad": 0.7, "halftime": 0.15, "pop": 0.15},
+        {(0, 33): 0.4, (0, 32): 0.25, (0, 35): 0.25, (0, 34): 0.1},
+        {"whole": 0.35, "root_fifth": 0.35, "eighths": 0.1, "walking": 0.05, "arp": 0.15},
+        {"piano": 0.6, "guitar": 0.3, "strings": 0.1},
+        {"strings": 0.5, "pad": 0.25, "guitar": 0.1, "piano": 0.15}, 0.75,
+        programs={"guitar": (24, 25)}, swing_p=0.05),
+    "funk": Genre(
+        "funk", (88, 116),
+        {"funk": 0.6, "disco": 0.25, "shuffle": 0.15},
+        {(0, 36): 0.35, (0, 37): 0.25, (0, 33): 0.3, (0, 38): 0.1},
+        {"syncopated": 0.55, "octave": 0.25, "eighths": 0.1, "walking": 0.1},
+        {"guitar": 0.45, "piano": 0.3, "organ": 0.25},
+        {"organ": 0.25, "piano": 0.2, "guitar": 0.2, "synth": 0.15, "strings": 0.2}, 0.75,
+        programs={"guitar": (27, 28), "piano": (4, 5, 0)}, swing_p=0.25),
+}
+GENRE_WEIGHTS: Dict[str, float] = {"pop": 0.3, "rock": 0.25, "electronic": 0.17, "ballad": 0.13, "funk": 0.15}
 
 DRUM_STYLES = ("rock", "pop", "disco", "funk", "halftime", "ballad", "shuffle", "hiphop")
 DRUM_STYLE_WEIGHTS = (0.2, 0.2, 0.1, 0.1, 0.1, 0.12, 0.08, 0.1)
@@ -94,6 +165,24 @@ ESPEAK_VOICES: Dict[str, Tuple[str, ...]] = {
     "male": ("m1", "m2", "m3", "m4", "m6", "m7"),
     "female": ("f1", "f2", "f3", "f4", "f5"),
 }
+# Sung languages: espeak-ng voice, its one-syllable lexicon, and how often songs use it.
+# Most released songs are in English; the rest give other vowels and consonants.
+LEXICONS: Dict[str, Tuple[str, ...]] = {
+    "en-us": LEXICON,
+    "en-gb": LEXICON,
+    "cmn-latn-pinyin": ("wo3", "ni3", "ai4", "xin1", "tian1", "meng4", "feng1", "yu3", "qing2", "lei4", "ye4",
+                        "xiang3", "yue4", "liang4", "hua1", "shui3", "zou3", "lai2", "ge1", "hai3", "shan1",
+                        "yun2", "xing1", "guang1", "chun1", "qiu1", "ren2", "sheng1", "de5", "ta1", "men5",
+                        "kan4", "shuo1", "wang4", "ji4", "yi1", "ge4", "hen3", "xi3", "huan1", "bu4", "zai4"),
+    "es": ("sol", "mar", "luz", "voy", "yo", "tu", "paz", "fue", "sin", "mas", "ver", "ser", "hoy", "amor",
+           "cielo", "noche", "vida", "alma", "fuego", "corazon", "quiero", "siempre", "nunca", "baila"),
+    "it": ("amore", "cuore", "notte", "sole", "mare", "vita", "sempre", "ancora", "canto", "stella", "luna",
+           "io", "tu", "per", "non", "ma", "che", "sei", "mio", "dolce", "cielo", "bella"),
+    "pt-br": ("amor", "saudade", "vida", "noite", "mar", "sol", "luz", "voce", "eu", "sem", "mais", "sonho",
+              "lua", "coracao", "danca", "canto", "tempo", "nunca"),
+}
+LANGUAGE_WEIGHTS: Dict[str, float] = {"en-us": 0.45, "en-gb": 0.15, "cmn-latn-pinyin": 0.15, "es": 0.1, "it": 0.08,
+                                      "pt-br": 0.07}
 
 
 @dataclass(frozen=True)
@@ -130,11 +219,12 @@ class Part:
     pan: int = 64  # CC10, 0 left .. 127 right
     volume: int = 100  # CC7
     reverb: int = 40  # CC91: reverb send, set per part on purpose (FluidSynth's default is on)
+    role: str = ""  # what the mix engineer treats it as (production.draw_part_chain)
 
     def describe(self) -> dict:
         return {"name": self.name, "stem": self.stem, "bank": self.bank, "program": self.program,
                 "style": self.style, "pan": self.pan, "volume": self.volume, "reverb": self.reverb,
-                "notes": len(self.notes)}
+                "role": self.role, "notes": len(self.notes)}
 
 
 @dataclass(frozen=True)
@@ -168,6 +258,19 @@ class Section:
 
 
 @dataclass
+class BackingLine:
+    """A second sung line in the vocals stem: a harmony a third or so from the lead, or a
+    double of it (the same words a few milliseconds off), panned to one side."""
+
+    kind: str  # "harmony" | "double"
+    notes: List[SungNote]
+    espeak_voice: str
+    formant_shift: float
+    pan: float  # -1 left .. 1 right
+    gain_db: float  # relative to the lead
+
+
+@dataclass
 class VocalPlan:
     """The sung melody and how the vocals stem is made from it."""
 
@@ -183,6 +286,9 @@ class VocalPlan:
     doubling_gain_db: float  # level of the doubling relative to the sung words
     reverb_wet: float  # 0..1 share of the vocal reverb
     reverb_seconds: float  # RT60 of the vocal reverb
+    language: str = "en-us"
+    breath_db: float = -28.0  # level of the breaths before phrases, relative to the singing
+    backing: List[BackingLine] = field(default_factory=list)
 
 
 @dataclass
@@ -197,6 +303,7 @@ class Song:
     vocals: VocalPlan
     reverb_room: float  # FluidSynth reverb room size for the whole track
     reverb_damping: float
+    genre: str = "pop"
 
     @property
     def key_name(self) -> str:
@@ -208,7 +315,7 @@ class Song:
     def describe(self) -> dict:
         heard = [n for n in self.vocals.notes if n.start < self.seconds]
         return {
-            "tempo": self.tempo, "key": self.key_name, "mode": self.mode, "swing": round(self.swing, 4),
+            "genre": self.genre, "tempo": self.tempo, "key": self.key_name, "mode": self.mode, "swing": round(self.swing, 4),
             "sections": [{"kind": s.kind, "start_bar": s.start_bar, "bars": s.bars,
                           "progression": [c.symbol for c in s.progression],
                           "bars_per_chord": s.bars_per_chord} for s in self.sections],
@@ -222,6 +329,9 @@ class Song:
                 "doubling_gain_db": round(self.vocals.doubling_gain_db, 2),
                 "reverb_wet": round(self.vocals.reverb_wet, 3),
                 "reverb_seconds": round(self.vocals.reverb_seconds, 3),
+                "language": self.vocals.language, "breath_db": round(self.vocals.breath_db, 2),
+                "backing": [{"kind": b.kind, "espeak_voice": b.espeak_voice, "notes": len(b.notes),
+                             "pan": round(b.pan, 3), "gain_db": round(b.gain_db, 2)} for b in self.vocals.backing],
             },
         }
 
@@ -282,6 +392,7 @@ class _Context:
     sections: List[Section]
     total_bars: int
     chord_spans: List[Tuple[float, float, Chord]]  # (start beat, end beat, chord)
+    genre: Genre = None  # type: ignore[assignment]
 
     def chord_at(self, beat: float) -> Chord:
         for start, end, chord in self.chord_spans:
@@ -472,10 +583,10 @@ def _fill(rng: np.random.Generator, beats: int) -> Dict[int, List[Tuple[float, f
 
 def _compose_drums(ctx: _Context, allow_tacet: bool) -> Tuple[Part, Dict[int, List[float]]]:
     rng = ctx.rng
-    style = _choice(rng, DRUM_STYLES, DRUM_STYLE_WEIGHTS)
-    kit_name = _choice(rng, STYLE_KITS[style])
+    style = _choice(rng, tuple(ctx.genre.drum_styles), tuple(ctx.genre.drum_styles.values()))
+    kit_name = _choice(rng, ctx.genre.kits or STYLE_KITS[style])
     part = Part(name="drums", stem="drums", bank=128, program=DRUM_KITS[kit_name], style=f"{style}/{kit_name}",
-                pan=64, volume=100, reverb=int(rng.integers(15, 60)))
+                pan=64, volume=100, reverb=int(rng.integers(15, 60)), role="drums")
     jitter = float(rng.uniform(2.0, 7.0))  # ms: how tight the drummer is
     snare_lag = float(rng.uniform(0.0, 8.0))  # ms: laid-back backbeat
     vel_spread = float(rng.uniform(3.0, 8.0))
@@ -533,10 +644,11 @@ def _bass_pitch(pc: int, low: int) -> int:
 
 def _compose_bass(ctx: _Context, kicks: Dict[int, List[float]], allow_tacet: bool) -> Part:
     rng = ctx.rng
-    style = _choice(rng, BASS_STYLES, (0.14, 0.2, 0.18, 0.1, 0.1, 0.18, 0.1))
-    program = int(_choice(rng, BASS_PROGRAMS, BASS_PROGRAM_WEIGHTS))
-    part = Part(name="bass", stem="bass", bank=0, program=program, style=style,
-                pan=int(rng.integers(58, 71)), volume=100, reverb=int(rng.integers(0, 20)))
+    style = _choice(rng, tuple(ctx.genre.bass_styles), tuple(ctx.genre.bass_styles.values()))
+    bank, program = _choice(rng, tuple(ctx.genre.bass), tuple(ctx.genre.bass.values()))
+    role = "synth_bass" if bank == SYNTH_BANK else "slap_bass" if program in (36, 37) else "bass"
+    part = Part(name="bass", stem="bass", bank=bank, program=program, style=style,
+                pan=int(rng.integers(58, 71)), volume=100, reverb=int(rng.integers(0, 20)), role=role)
     low = int(rng.integers(28, 34))  # E1 .. A1: the lowest root of the line
     legato = float(rng.uniform(0.75, 0.97))
     jitter = float(rng.uniform(2.0, 6.0))
@@ -661,6 +773,12 @@ COMP_PATTERNS = (
 
 
 def _family_patterns(family: str, program: int) -> Tuple[str, ...]:
+    if family == "synth":
+        if program in tuple(PATCH_INDEX[name] for name in PAD_PATCHES):
+            return ("sustain",)
+        return ("arp", "arp", "comp", "ostinato")
+    if family == "drive":
+        return ("power",)
     if family == "piano":
         return ("block", "comp", "arp", "ballad")
     if family == "guitar":
@@ -679,17 +797,27 @@ def _family_patterns(family: str, program: int) -> Tuple[str, ...]:
 def _compose_accompaniment(ctx: _Context, family: str, index: int, allow_tacet: bool,
                            enters_in_chorus: bool) -> Part:
     rng = ctx.rng
-    program = int(_choice(rng, FAMILIES[family]))
+    programs = (ctx.genre.programs or {}).get(family, FAMILIES[family])
+    program = int(_choice(rng, programs))
     pattern = _choice(rng, _family_patterns(family, program))
-    centers = {"piano": (60, 72), "guitar": (55, 67), "organ": (57, 70), "strings": (60, 76), "pad": (55, 70)}
+    centers = {"piano": (60, 72), "guitar": (55, 67), "organ": (57, 70), "strings": (60, 76), "pad": (55, 70),
+               "drive": (52, 60), "synth": (57, 74)}
     center = int(rng.integers(*centers[family]))
     pan = int(rng.integers(28, 100))
     if index == 1:  # the second part sits on the other side
         pan = 128 - pan
-    reverb_range = {"piano": (25, 70), "guitar": (20, 60), "organ": (20, 60), "strings": (50, 95), "pad": (50, 95)}
-    part = Part(name=f"{family}{index + 1}", stem="other", bank=0, program=program, style=pattern, pan=pan,
+    reverb_range = {"piano": (25, 70), "guitar": (20, 60), "organ": (20, 60), "strings": (50, 95), "pad": (50, 95),
+                    "drive": (10, 40), "synth": (30, 80)}
+    if family == "synth":
+        is_pad = program in tuple(PATCH_INDEX[name] for name in PAD_PATCHES)
+        role = "pad" if is_pad else "synth"
+    else:
+        role = {"piano": "keys", "guitar": "guitar", "organ": "organ", "strings": "strings", "pad": "pad",
+                "drive": "guitar_drive"}[family]
+    part = Part(name=f"{family}{index + 1}", stem="other", bank=SYNTH_BANK if family == "synth" else 0,
+                program=program, style=pattern, pan=pan,
                 volume=100 if index == 0 else int(rng.integers(62, 100)),
-                reverb=int(rng.integers(*reverb_range[family])))
+                reverb=int(rng.integers(*reverb_range[family])), role=role)
     voices = int(_choice(rng, (3, 4, 4, 5)))
     jitter = float(rng.uniform(3.0, 9.0))
     base_vel = float(rng.uniform(62, 92))
@@ -850,6 +978,8 @@ def _compose_vocals(ctx: _Context, short: bool) -> VocalPlan:
     rng = ctx.rng
     voice_type = _choice(rng, ("male", "female"))
     variant = _choice(rng, ESPEAK_VOICES[voice_type])
+    language = _choice(rng, tuple(LANGUAGE_WEIGHTS), tuple(LANGUAGE_WEIGHTS.values()))
+    lexicon = LEXICONS[language]
     low = (48 if voice_type == "male" else 55) + int(rng.integers(0, 5))
     high = low + int(rng.integers(14, 18))
     jitter = float(rng.uniform(5.0, 15.0))
@@ -887,7 +1017,7 @@ def _compose_vocals(ctx: _Context, short: bool) -> VocalPlan:
                         continue
                 pitches = _phrase_pitches(ctx, rhythm, base, low, high, center, previous)
                 previous = pitches[-1]
-                words = [LEXICON[int(rng.integers(len(LEXICON)))] for _ in rhythm]
+                words = [lexicon[int(rng.integers(len(lexicon)))] for _ in rhythm]
                 phrase = [(bar * BEATS_PER_BAR + o, l, pi, int(np.clip(88 + (8 if i == 0 else 0) + rng.normal(0, 6), 40, 120)), w)
                           for i, ((o, l), pi, w) in enumerate(zip(rhythm, pitches, words))]
                 if first_phrase is None:
@@ -910,14 +1040,64 @@ def _compose_vocals(ctx: _Context, short: bool) -> VocalPlan:
         program = int(_choice(rng, VOCAL_DOUBLING_PROGRAMS, (0.4, 0.4, 0.2)))
         doubling = Part(name="vocal_doubling", stem="vocals", bank=0, program=program, style="unison",
                         pan=64, volume=100, reverb=int(rng.integers(40, 90)),
-                        notes=[Note(n.start, n.end, n.pitch, n.velocity) for n in notes])
+                        notes=[Note(n.start, n.end, n.pitch, n.velocity) for n in notes], role="vocal_patch")
+    backing = _compose_backing(ctx, notes, voice_type, language, low, high)
     return VocalPlan(
-        notes=notes, voice_type=voice_type, espeak_voice=f"en-us+{variant}",
-        formant_shift=float(rng.uniform(0.92, 1.1) if voice_type == "male" else rng.uniform(0.98, 1.15)),
-        vibrato_hz=float(rng.uniform(4.8, 6.4)), vibrato_cents=float(rng.uniform(15.0, 45.0)),
-        low=low, high=high, doubling=doubling, doubling_gain_db=float(rng.uniform(-16.0, -6.0)),
+        notes=notes, voice_type=voice_type, espeak_voice=f"{language}+{variant}",
+        formant_shift=float(rng.uniform(0.88, 1.1) if voice_type == "male" else rng.uniform(0.96, 1.22)),
+        vibrato_hz=float(rng.uniform(4.5, 6.8)), vibrato_cents=float(rng.uniform(15.0, 70.0)),
+        low=low, high=high, doubling=doubling, doubling_gain_db=float(rng.uniform(-18.0, -8.0)),
         reverb_wet=float(rng.uniform(0.08, 0.3)), reverb_seconds=float(rng.uniform(0.7, 2.0)),
+        language=language, breath_db=float(rng.uniform(-34.0, -20.0)), backing=backing,
     )
+
+
+def _harmony_pitch(ctx: _Context, pitch: int, beat: float, above: bool) -> int:
+    """The chord tone (else scale tone) nearest a third above or below `pitch`."""
+    chord = set(ctx.chord_at(beat).pitch_classes)
+    scale = set(ctx.scale_pcs)
+    candidates = [pitch + d for d in ((3, 4, 5, 2) if above else (-3, -4, -5, -2))]
+    for pool in (chord, scale):
+        for c in candidates:
+            if c % 12 in pool:
+                return c
+    return candidates[0]
+
+
+def _compose_backing(ctx: _Context, lead: Sequence[SungNote], voice_type: str, language: str,
+                     low: int, high: int) -> List[BackingLine]:
+    """Backing vocals: harmonies in the choruses and doubles of the lead, as on records."""
+    rng = ctx.rng
+    lines: List[BackingLine] = []
+    chorus_spans = [(ctx.clock.seconds(s.start_beat), ctx.clock.seconds(s.start_beat + s.bars * BEATS_PER_BAR))
+                    for s in ctx.sections if s.kind in ("chorus", "pre")]
+    if rng.random() < 0.45 and chorus_spans:
+        above = rng.random() < 0.7
+        other_type = voice_type if rng.random() < 0.6 else ("female" if voice_type == "male" else "male")
+        voice = f"{language}+{_choice(rng, ESPEAK_VOICES[other_type])}"
+        notes = []
+        for n in lead:
+            if any(a <= n.start < b for a, b in chorus_spans):
+                beat = n.start / ctx.clock.beat_seconds
+                pitch = _harmony_pitch(ctx, n.pitch, beat, above)
+                if other_type != voice_type:
+                    pitch += 12 if other_type == "female" else -12
+                offset = rng.normal(0.0, 0.012)
+                notes.append(SungNote(max(0.0, n.start + offset), n.end + offset, pitch, max(30, n.velocity - 10),
+                                      n.word))
+        if notes:
+            side = float(rng.uniform(0.3, 0.8)) * (1 if rng.random() < 0.5 else -1)
+            for copy in range(2 if rng.random() < 0.5 else 1):  # stacked on both sides
+                lines.append(BackingLine("harmony", notes, voice, float(rng.uniform(0.9, 1.15)),
+                                         side * (1 if copy == 0 else -1), float(rng.uniform(-12.0, -5.0))))
+    if rng.random() < 0.3:
+        notes = [SungNote(max(0.0, n.start + rng.normal(0.0, 0.015)), n.end + rng.normal(0.0, 0.015),
+                          n.pitch, n.velocity, n.word) for n in lead]
+        notes = [n for n in notes if n.end - n.start > 0.08]
+        voice = f"{language}+{_choice(rng, ESPEAK_VOICES[voice_type])}"
+        lines.append(BackingLine("double", notes, voice, float(rng.uniform(0.95, 1.08)),
+                                 float(rng.uniform(-0.7, 0.7)), float(rng.uniform(-10.0, -4.0))))
+    return lines
 
 
 # --------------------------------------------------------------------------- the song
@@ -928,21 +1108,27 @@ def _sounds_early(notes: Sequence, seconds: float) -> bool:
     return any(n.start < seconds - 0.3 for n in notes)
 
 
-def compose(rng: np.random.Generator, seconds: float) -> Song:
-    """Compose a song of `seconds` (the excerpt is cut from a longer form) from `rng`."""
+def compose(rng: np.random.Generator, seconds: float, genre: Optional[str] = None) -> Song:
+    """Compose a song of `seconds` (the excerpt is cut from a longer form) from `rng`, in
+    `genre` (one of GENRES; drawn from `rng` when None)."""
     if seconds <= 0:
         raise ValueError(f"seconds must be positive, not {seconds}")
-    tempo = int(rng.integers(80, 141))
+    drawn = _choice(rng, tuple(GENRE_WEIGHTS), tuple(GENRE_WEIGHTS.values()))
+    genre = drawn if genre is None else genre
+    if genre not in GENRES:
+        raise ValueError(f"genre must be one of {', '.join(GENRES)}, not {genre!r}")
+    profile = GENRES[genre]
+    tempo = int(rng.integers(profile.tempo[0], profile.tempo[1] + 1))
     key = int(rng.integers(12))
     mode = _choice(rng, tuple(MODE_WEIGHTS), tuple(MODE_WEIGHTS.values()))
-    swing = float(rng.uniform(0.58, 0.66)) if rng.random() < 0.15 else 0.5
+    swing = float(rng.uniform(0.58, 0.66)) if rng.random() < profile.swing_p else 0.5
     clock = Clock(tempo, swing)
     bar_seconds = BEATS_PER_BAR * 60.0 / tempo
     total_bars = int(math.ceil(seconds / bar_seconds)) + 1  # one more for notes across the end
     short = seconds < 16.0
     sections = _plan_sections(rng, key, mode, tempo, total_bars, short)
     ctx = _Context(rng=rng, seconds=seconds, tempo=tempo, key=key, mode=mode, clock=clock, sections=sections,
-                   total_bars=total_bars, chord_spans=_chord_spans(sections))
+                   total_bars=total_bars, chord_spans=_chord_spans(sections), genre=profile)
     drums, kicks = _compose_drums(ctx, allow_tacet=not short)
     if drums.style.startswith("shuffle") and swing == 0.5:
         # A shuffle groove swings the whole band: re-time with a swung clock.
@@ -954,13 +1140,10 @@ def compose(rng: np.random.Generator, seconds: float) -> Song:
     if not _sounds_early(bass.notes, seconds):
         bass = _compose_bass(ctx, kicks, allow_tacet=False)
 
-    families = list(FAMILIES)
-    first = _choice(rng, families, (0.34, 0.34, 0.1, 0.1, 0.12))
+    first = _choice(rng, tuple(profile.families), tuple(profile.families.values()))
     accompaniment = [_compose_accompaniment(ctx, first, 0, allow_tacet=not short, enters_in_chorus=False)]
-    if rng.random() < 0.55:
-        pool = [f for f in families if f != first]
-        weights = [2.0 if f in SUSTAINED_FAMILIES else 1.0 for f in pool]
-        second = _choice(rng, pool, weights)
+    if rng.random() < profile.second_p:
+        second = _choice(rng, tuple(profile.second), tuple(profile.second.values()))
         enters = not short and rng.random() < 0.3 and any(s.kind == "chorus" for s in sections)
         accompaniment.append(_compose_accompaniment(ctx, second, 1, allow_tacet=not short, enters_in_chorus=enters))
     if not _sounds_early([n for p in accompaniment for n in p.notes], seconds):
@@ -972,4 +1155,4 @@ def compose(rng: np.random.Generator, seconds: float) -> Song:
         parts.append(vocals.doubling)
     return Song(seconds=seconds, tempo=tempo, key=key, mode=mode, swing=ctx.clock.swing, sections=sections,
                 parts=parts, vocals=vocals, reverb_room=float(rng.uniform(0.2, 0.8)),
-                reverb_damping=float(rng.uniform(0.2, 0.6)))
+                reverb_damping=float(rng.uniform(0.2, 0.6)), genre=genre)

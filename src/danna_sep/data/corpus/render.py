@@ -147,6 +147,10 @@ class FluidRenderer:
             raise SoundfontError(f"{self.path}: FluidSynth cannot load this soundfont")
         self._names: Dict[Tuple[int, int], Optional[str]] = {}
         self._holder_sfid = sfid
+        melodic = sum(self.preset_name(0, program) is not None for program in range(128))
+        drums = any(self.preset_name(128, program) is not None for program in range(128))
+        # A recorded drum kit as a soundfont (AVLdrums): one preset, GM drum keys.
+        self.kit_only = melodic <= 1 and not drums
 
     def _new_synth(self, reverb: Optional[ReverbSettings] = None):
         settings = {

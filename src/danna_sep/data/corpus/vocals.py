@@ -257,3 +257,31 @@ def sing(plan: VocalPlan, samples: int, rng: np.random.Generator) -> np.ndarray:
     take = min(samples, len(sung))
     result[:take] = sung[:take]
     return result
+
+
+def breaths(plan: VocalPlan, samples: int, rng: np.random.Generator, level: float) -> np.ndarray:
+    """Inhales before most phrases: float32 mono `(samples,)` at 44.1 kHz.
+
+    Each is band-passed noise (about 0.8 to 6 kHz, as an open-mouth breath) that swells
+    over 0.15 to 0.35 s and stops just before the phrase; `level` is the RMS of the
+    singing, and the breaths sit `plan.breath_db` below it.
+    """
+    from scipy.signal import butter, sosfilt
+
+    out = np.zeros(samples, dtype=np.float64)
+    heard = [n for n in plan.notes if n.start < samples / SAMPLERATE]
+    sos = butter(2, (rng.uniform(600.0, 1000.0), rng.uniform(4000.0, 7000.0)), btype="bandpass", fs=SAMPLERATE,
+                 output="sos")
+    for phrase in _phrases(heard):
+        if rng.random() > 0.7:
+            continue
+        length = int(rng.uniform(0.15, 0.35) * SAMPLERATE)
+        end = int((phrase[0].start - rng.uniform(0.03, 0.08)) * SAMPLERATE)
+        start = end - length
+        if start < 0 or end > samples:
+            continue
+        noise = sosfilt(sos, rng.standard_normal(length + 2048))[2048:]
+        swell = np.sin(np.linspace(0.0, math.pi, length)) ** 1.5 * np.linspace(0.6, 1.0, length)
+        noise = noise / (np.sqrt(np.mean(noise ** 2)) + 1e-12) * swell
+        out[start:end] += noise * level * 10 ** (plan.breath_db / 20) * 2.0
+    return out.astype(np.float32)
