@@ -23,7 +23,8 @@ from danna_sep.data.corpus import (
 )
 from danna_sep.data.corpus import compose as composer
 from danna_sep.data.corpus import mix, vocals
-from danna_sep.data.corpus.track import choose_soundfont, track_rngs
+from danna_sep.data.corpus.production import EFFECTS
+from danna_sep.data.corpus.track import choose_soundfont, resolve_soundfonts, track_rngs
 
 SR = 44100
 FILES = ("mixture", *SOURCES)
@@ -58,13 +59,14 @@ def test_compose_is_deterministic_and_varied():
     again = composer.compose(track_rngs(3, 5)["compose"], 30.0)
     assert again.describe() == songs[5].describe()
     assert [n for p in again.parts for n in p.notes] == [n for p in songs[5].parts for n in p.notes]
-    assert all(80 <= s.tempo <= 140 for s in songs)
+    assert all(composer.GENRES[s.genre].tempo[0] <= s.tempo <= composer.GENRES[s.genre].tempo[1] for s in songs)
+    assert {s.genre for s in songs} == set(composer.GENRES)
     assert len({s.mode for s in songs}) >= 3
     assert len({s.key for s in songs}) >= 8
     assert len({s.parts_of("drums")[0].style.split("/")[0] for s in songs}) >= 5
     assert len({s.parts_of("bass")[0].style for s in songs}) >= 5
     families = {p.name.rstrip("12") for s in songs for p in s.parts_of("other")}
-    assert families == set(composer.FAMILIES)
+    assert families >= set(composer.FAMILIES) - {"pad"}
     assert {len(s.parts_of("other")) for s in songs} == {1, 2}
     doubled = [s.vocals.doubling is not None for s in songs]
     assert any(doubled) and not all(doubled)
@@ -73,7 +75,12 @@ def test_compose_is_deterministic_and_varied():
             for note in part.notes:
                 assert 0 <= note.pitch <= 127 and 1 <= note.velocity <= 127 and note.end > note.start >= 0
         plan = song.vocals
-        assert all(plan.low <= n.pitch <= plan.high and n.word in composer.LEXICON for n in plan.notes)
+        assert all(plan.low <= n.pitch <= plan.high and n.word in composer.LEXICONS[plan.language]
+                   for n in plan.notes)
+        assert plan.espeak_voice.startswith(plan.language + "+")
+        for line in plan.backing:  # backing lines sing the lead's words, a third or so away
+            assert line.notes and {n.word for n in line.notes} <= {n.word for n in plan.notes}
+            assert line.kind in ("harmony", "double") and -1 <= line.pan <= 1 and line.gain_db < 0
         starts = [n.start for n in plan.notes]
         assert starts == sorted(starts)
         assert all(b.start >= a.end for a, b in zip(plan.notes, plan.notes[1:]))  # one voice
@@ -83,6 +90,28 @@ def test_compose_is_deterministic_and_varied():
         notes = [n for n in song.vocals.notes if n.start < song.seconds]
         return max((b.start - a.end) / bar for a, b in zip(notes, notes[1:]))
     assert max(longest_rest(s) for s in songs) > 1.0
+    assert len({s.vocals.language for s in songs}) >= 3
+    assert {b.kind for s in songs for b in s.vocals.backing} == {"harmony", "double"}
+
+
+@pytest.mark.parametrize("genre", sorted(composer.GENRES))
+def test_each_genre_composes_what_it_names(genre):
+    songs = [composer.compose(track_rngs(4, i)["compose"], 20.0, genre) for i in range(12)]
+    assert all(s.genre == genre for s in songs)
+    roles = {p.role for s in songs for p in s.parts}
+    if genre == "rock":
+        assert "guitar_drive" in roles
+        assert all(any(p.role == "guitar_drive" and p.style == "power" for p in s.parts) or
+                   s.parts_of("other")[0].role != "guitar_drive" for s in songs)
+    if genre == "electronic":
+        assert "synth" in roles or "pad" in roles
+        assert any(s.parts_of("bass")[0].role == "synth_bass" for s in songs)
+    if genre == "funk":
+        assert any(s.parts_of("bass")[0].role == "slap_bass" for s in songs)
+    if genre == "ballad":
+        assert all(s.tempo <= 86 for s in songs)
+    with pytest.raises(ValueError, match="genre must be one of"):
+        composer.compose(track_rngs(4, 0)["compose"], 20.0, "polka")
 
 
 def test_short_songs_sound_in_every_stem():
@@ -231,7 +260,10 @@ def test_fluidsynth_renders_deterministically_on_its_block_grid():
 @needs_renderer
 def test_sung_vocals_follow_the_melody():
     pw = vocals._load_pyworld()
-    rngs = track_rngs(7, 0)  # the song of the corpus fixture: its words get analysed once
+    # The first song of seed 7 with at least four notes ending within its first 5 s.
+    index = next(i for i in range(50)
+                 if sum(n.end <= 5.0 for n in composer.compose(track_rngs(7, i)["compose"], 5.0).vocals.notes) >= 4)
+    rngs = track_rngs(7, index)
     song = composer.compose(rngs["compose"], 5.0)
     sung = vocals.sing(song.vocals, 5 * SR, rngs["vocals"]).astype(np.float64)
     assert sung.shape == (5 * SR,) and np.abs(sung).max() > 0.01
@@ -288,21 +320,29 @@ def test_track_files_and_exact_mixture(corpus):
 def test_meta(corpus):
     folder = corpus / "train" / "synth-7-0000"
     meta = json.loads((folder / "meta.json").read_text())
-    digest = hashlib.sha256(DEFAULT_SOUNDFONT.read_bytes()).hexdigest()
-    assert meta["soundfont"] == {"name": DEFAULT_SOUNDFONT.name, "sha256": digest}
+    fonts = resolve_soundfonts(None)
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in fonts]
+    assert meta["soundfonts"] == [{"name": f.name, "sha256": d} for f, d in zip(fonts, digests)]
     assert (meta["seed"], meta["index"], meta["name"], meta["subset"]) == (7, 0, "synth-7-0000", "train")
-    assert 80 <= meta["tempo"] <= 140
+    low, high = composer.GENRES[meta["genre"]].tempo
+    assert low <= meta["tempo"] <= high
     assert meta["key"] in composer.KEY_NAMES and meta["mode"] in composer.SCALES
     assert meta["durations"]["seconds"] == 5.0 and meta["durations"]["samples"] == 5 * SR
     assert all(0 < s <= 5.0 for s in meta["durations"]["active_seconds"].values())
-    assert meta["programs"]["drums"]["bank"] == 128 and 32 <= meta["programs"]["bass"]["program"] <= 39
     assert all(p["preset"] for p in meta["parts"])
+    assert all(p["soundfont"] in {f.name for f in fonts} or p["preset"].startswith("danna-sep synth")
+               for p in meta["parts"])
     assert {p["stem"] for p in meta["parts"]} >= {"drums", "bass", "other"}
-    assert meta["vocals"]["espeak_voice"].startswith("en-us+") and meta["lyrics"]
+    assert meta["vocals"]["espeak_voice"].startswith(meta["vocals"]["language"] + "+") and meta["lyrics"]
+    # Every part's effect chain is recorded, and only effects that exist.
+    production = meta["production"]
+    assert set(production["parts"]) == {p["name"] for p in meta["parts"]}
+    for chain in [*production["parts"].values(), *production["buses"].values(), production["vocal_lead"]]:
+        assert all(step["effect"] in EFFECTS for step in chain)
     for name in FILES:
         peak = np.abs(read_ints(folder, name)).max() / 32768
         assert meta["stems"][name]["peak"] == pytest.approx(peak, abs=1e-5)
-    assert meta["request"]["samples"] == 5 * SR and meta["request"]["soundfonts"] == [digest]
+    assert meta["request"]["samples"] == 5 * SR and meta["request"]["soundfonts"] == digests
 
 
 @needs_renderer

@@ -77,7 +77,8 @@ def _amp(rng: np.random.Generator, drive: tuple) -> Chain:
         chain.append({"effect": "tube", "drive_db": _u(rng, *drive, 1), "bias": _u(rng, 0.05, 0.3)})
     chain.append({"effect": "peak", "hz": _u(rng, 500.0, 1800.0, 0), "gain_db": _u(rng, -4.0, 6.0, 1),
                   "q": _u(rng, 0.5, 1.5)})
-    chain.append({"effect": "lowpass", "hz": _u(rng, 3500.0, 7500.0, 0)})  # the speaker cabinet
+    # The speaker cabinet: steep on both sides (pedalboard's filters fall only 6 dB per octave).
+    chain.append({"effect": "cabinet", "low_hz": _u(rng, 70.0, 130.0, 0), "high_hz": _u(rng, 3500.0, 7000.0, 0)})
     return chain
 
 
@@ -163,7 +164,7 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
         chain.append({"effect": "peak", "hz": _u(rng, 2500.0, 5000.0, 0), "gain_db": _u(rng, 0.0, 5.0, 1),
                       "q": _u(rng, 0.5, 1.2)})
         chain.append(_compressor(rng, (3.0, 7.0), (-30.0, -16.0)))
-        chain.append({"effect": "exciter", "hz": _u(rng, 2500.0, 5000.0, 0), "amount": _u(rng, 0.02, 0.12),
+        chain.append({"effect": "exciter", "hz": _u(rng, 2500.0, 5000.0, 0), "amount": _u(rng, 0.05, 0.3),
                       "drive": _u(rng, 2.0, 6.0)})
         if rng.random() < 0.2:  # a distorted or telephone-like vocal
             chain.append({"effect": "tube", "drive_db": _u(rng, 4.0, 14.0, 1), "bias": _u(rng, 0.05, 0.2)})
@@ -241,10 +242,10 @@ def _convolve(audio: np.ndarray, impulse: np.ndarray) -> np.ndarray:
     return np.fft.irfft(spectrum, size, axis=-1)[..., :samples]
 
 
-def _one_pole_highpass(audio: np.ndarray, hz: float) -> np.ndarray:
+def _butter(audio: np.ndarray, hz: float, kind: str, order: int = 2) -> np.ndarray:
     from scipy.signal import butter, sosfilt
 
-    sos = butter(2, hz, btype="highpass", fs=SAMPLERATE, output="sos")
+    sos = butter(order, hz, btype=kind, fs=SAMPLERATE, output="sos")
     return sosfilt(sos, audio, axis=-1)
 
 
@@ -289,9 +290,12 @@ def _tube(audio: np.ndarray, drive_db: float, bias: float) -> np.ndarray:
 
 def _exciter(audio: np.ndarray, hz: float, amount: float, drive: float) -> np.ndarray:
     """Harmonics of the upper band, added back: content above what the source had."""
-    band = _one_pole_highpass(audio, hz)
-    peak = float(np.abs(band).max()) or 1.0
-    harmonics = _one_pole_highpass(np.tanh(drive * band / peak), hz * 2) * peak
+    band = _butter(audio, hz, "highpass")
+    level = _active_rms(band)
+    if level <= 1e-10:
+        return audio
+    # Driven relative to the band's RMS, so the loud syllables saturate whatever the level.
+    harmonics = _butter(np.tanh(drive * band / (3 * level)), hz * 2, "highpass") * level
     return audio + amount * harmonics
 
 
@@ -333,6 +337,8 @@ def apply_chain(chain: Sequence[Mapping[str, object]], audio: np.ndarray) -> np.
             out = _tube(out, float(effect["drive_db"]), float(effect.get("bias", 0.0)))
         elif kind == "exciter":
             out = _exciter(out, float(effect["hz"]), float(effect["amount"]), float(effect["drive"]))
+        elif kind == "cabinet":
+            out = _butter(_butter(out, float(effect["low_hz"]), "highpass"), float(effect["high_hz"]), "lowpass", 4)
         elif kind == "width":
             out = _width(out, float(effect["amount"]))
         elif kind == "pan":
@@ -353,4 +359,4 @@ def apply_chain(chain: Sequence[Mapping[str, object]], audio: np.ndarray) -> np.
 
 
 EFFECTS = ("compressor", "distortion", "chorus", "phaser", "delay", "reverb", "highpass", "lowpass", "peak",
-           "low_shelf", "high_shelf", "tube", "exciter", "width", "pan", "gain", "room")
+           "low_shelf", "high_shelf", "tube", "exciter", "width", "pan", "gain", "room", "cabinet")
