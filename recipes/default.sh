@@ -1,60 +1,91 @@
 #!/usr/bin/env bash
 # Rebuild the default bundle (src/danna_sep/pretrained/default) from nothing:
-#   1. the training corpus: 120 generated 30 s songs, seed 0 (96 in train/, 24 in test/);
-#   2. the three members of configs/default/, trained side by side, one CPU thread each
-#      (validated on the corpus' test/ tracks, which they never train on);
-#   3. export with blend weights fitted on those same test/ tracks;
-#   4. the quality table on a fresh 24-song split of seed 1, which nothing above saw.
+#   1. the training corpus: 150 produced 30 s songs, seed 0 (120 in train/, 30 in test/):
+#      five genres, several soundfonts and recorded kits, effect chains per part;
+#   2. stage 1: the three members of configs/default/, trained side by side from random
+#      weights, one CPU thread each (validated on the corpus' test/ tracks, which they
+#      never train on), exported as WORK_DIR/stage1;
+#   3. stage 2: each member fine-tuned from its stage-1 weights with
+#      configs/default/finetune/ (lower learning rate, fewer epochs);
+#   4. export with blend weights fitted on the corpus' test/ tracks;
+#   5. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
+#      the real MIR-1K clips of shared/realval (if present; never trained on).
 #
 #   bash recipes/default.sh [WORK_DIR [BUNDLE_DIR]]
 #
 # WORK_DIR defaults to work/default, BUNDLE_DIR to WORK_DIR/bundle; to replace the shipped
 # bundle, pass src/danna_sep/pretrained/default (with FORCE=1 when it exists). Every step
-# resumes: run the same command again after an interruption. On 2 CPU cores the whole
-# recipe takes about 2 h 25 min (see README); with a CUDA GPU, training runs there.
-# TRACKS, SECONDS_PER_TRACK, CONFIGS and QUALITY_TRACKS override the corpus size, the config folder
-# and the quality split (the tests run the whole script small).
+# resumes: run the same command again after an interruption. STAGE1_BUNDLE=DIR skips
+# stage 1 and fine-tunes that bundle's members instead (how the shipped weights were made:
+# see README). TRACKS, SECONDS_PER_TRACK, CONFIGS, FINETUNE_CONFIGS, QUALITY_TRACKS and
+# REALVAL override the corpus size, the config folders, the quality split and the real
+# clips (the tests run the whole script small).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-work/default}"
 bundle="${2:-$work/bundle}"
 configs="${CONFIGS:-$here/configs/default}"
-tracks="${TRACKS:-120}"
+finetune="${FINETUNE_CONFIGS:-$configs/finetune}"
+tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
+realval="${REALVAL:-$here/../shared/realval}"
 members=(x_umx unet_attn demucs_split)
+files=(00-xumx 01-unet_attn 02-demucs_split)
 
 echo "== corpus: $work/corpus" >&2
 danna-sep corpus "$work/corpus" --tracks "$tracks" --seconds "$seconds" --seed 0 --workers 2
 
-echo "== training: ${members[*]} in $work/runs (logs: $work/runs/NAME.log)" >&2
-mkdir -p "$work/runs"
-pids=()
-for name in "${members[@]}"; do
-    run="$work/runs/$name"
-    if [ -f "$run/checkpoints/last.pt" ]; then mode=--resume; else mode=--force; fi
-    danna-sep train "$configs/$name.json" --data "$work/corpus" --out "$run" "$mode" \
-        > "$work/runs/$name.log" 2>&1 &
-    pids+=($!)
-done
-failed=0
-for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-        echo "training ${members[$i]} failed: see $work/runs/${members[$i]}.log" >&2
-        failed=1
+# train STAGE CONFIG_DIR [WEIGHTS_DIR]: the three members side by side, resuming when a run exists.
+train_members() {
+    local stage="$1" config_dir="$2" weights="${3:-}"
+    echo "== $stage: ${members[*]} in $work/$stage (logs: $work/$stage/NAME.log)" >&2
+    mkdir -p "$work/$stage"
+    local pids=() i
+    for i in "${!members[@]}"; do
+        local name="${members[$i]}" run="$work/$stage/${members[$i]}" args=()
+        if [ -f "$run/checkpoints/last.pt" ]; then
+            args=(--resume)
+        else
+            args=(--force)
+            [ -z "$weights" ] || args+=(--weights "$weights/${files[$i]}.safetensors")
+        fi
+        danna-sep train "$config_dir/$name.json" --data "$work/corpus" --out "$run" "${args[@]}" \
+            > "$work/$stage/$name.log" 2>&1 &
+        pids+=($!)
+    done
+    local failed=0
+    for i in "${!pids[@]}"; do
+        if ! wait "${pids[$i]}"; then
+            echo "training ${members[$i]} ($stage) failed: see $work/$stage/${members[$i]}.log" >&2
+            failed=1
+        fi
+    done
+    [ "$failed" = 0 ] || exit 1
+    grep -h "epoch .*validation" "$work/$stage"/*.log | tail -n 6 >&2 || true
+}
+
+if [ -n "${STAGE1_BUNDLE:-}" ]; then
+    stage1="$STAGE1_BUNDLE"
+    echo "== stage 1: taken from $stage1" >&2
+else
+    stage1="$work/stage1"
+    train_members runs "$configs"
+    if [ ! -f "$stage1/bundle.json" ]; then
+        danna-sep export "${members[@]/#/$work/runs/}" -o "$stage1" --blend equal --force -q
     fi
-done
-[ "$failed" = 0 ] || exit 1
-grep -h "epoch .*validation" "$work"/runs/*.log | tail -n 6 >&2 || true
+fi
+train_members finetune "$finetune" "$stage1"
 
 echo "== export: $bundle (blend fitted on $work/corpus/test)" >&2
 if [ -f "$bundle/bundle.json" ] && [ "${FORCE:-0}" != 1 ]; then
     echo "$bundle exists: kept (FORCE=1 to export again)" >&2
 else
-    danna-sep export "${members[@]/#/$work/runs/}" -o "$bundle" --fit "$work/corpus" --force
+    danna-sep export "${members[@]/#/$work/finetune/}" -o "$bundle" --fit "$work/corpus" --force
 fi
 
-echo "== quality on a fresh test split (seed 1)" >&2
+echo "== quality on a fresh test split (seed 1) and on real clips ($realval)" >&2
+if [ -d "$realval" ]; then real=("--realval" "$realval"); else real=("--realval" "none"); fi
 python "$here/benchmarks/quality.py" --bundle "$bundle" --data "$work/quality-seed1" --json "$work/quality.json" --force \
-    --tracks "$quality_tracks" --seconds "$seconds"
+    --tracks "$quality_tracks" --seconds "$seconds" "${real[@]}"

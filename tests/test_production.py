@@ -203,3 +203,19 @@ def test_the_cabinet_is_steep_above_its_corner():
     # Fourth order: about 48 dB down two octaves above the corner; a first-order filter is only 12.
     assert band_energy(cab, 15000, 17000) < 10 ** (-4.0) * band_energy(audio, 15000, 17000)
     assert band_energy(cab, 1000, 2000) > 0.8 * band_energy(audio, 1000, 2000)
+
+
+def test_the_cli_knows_every_genre():
+    from danna_sep.commands.corpus import GENRE_NAMES
+
+    assert sorted(GENRE_NAMES) == sorted(composer.GENRES)
+
+
+@needs_renderer
+def test_corpus_genre_option_makes_songs_of_that_genre(tmp_path):
+    from danna_sep.cli import main
+
+    out = tmp_path / "funk"
+    assert main(["corpus", str(out), "--tracks", "2", "--seconds", "2", "--seed", "3", "--genre", "funk", "-q"]) == 0
+    metas = [json.loads(p.read_text()) for p in sorted(out.rglob("meta.json"))]
+    assert [m["genre"] for m in metas] == ["funk", "funk"] and metas[0]["request"]["genre"] == "funk"

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,10 +22,10 @@ SMALL = {
 }
 
 
-def _small_configs(folder: Path) -> Path:
+def _small_configs(folder: Path, source: Path = ROOT / "configs" / "default") -> Path:
     folder.mkdir()
     for name, kwargs in SMALL.items():
-        config = json.loads((ROOT / "configs" / "default" / f"{name}.json").read_text())
+        config = json.loads((source / f"{name}.json").read_text())
         config["model"]["kwargs"].update(kwargs)
         config["data"].update(segment_seconds=1.0, samples_per_track=4, valid_engine_segment=2.0)
         config["train"].update(epochs=1, steps_per_epoch=3, batch_size=2, checkpoint_every_steps=2)
@@ -32,8 +36,16 @@ def _small_configs(folder: Path) -> Path:
 
 def test_default_recipe_runs_small_and_resumes(tmp_path):
     pytest.importorskip("fluidsynth")
-    env = {**os.environ, "CONFIGS": str(_small_configs(tmp_path / "configs")), "TRACKS": "5",
-           "SECONDS_PER_TRACK": "3", "QUALITY_TRACKS": "1",
+    configs = _small_configs(tmp_path / "configs")
+    _small_configs(configs / "finetune", ROOT / "configs" / "default" / "finetune")
+    realval = tmp_path / "realval" / "clip"  # one real-clip folder in the layout of shared/realval
+    realval.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    voice, backing = rng.standard_normal((2, 16000 * 2)) * 0.1
+    for name, audio in (("vocals", voice), ("accompaniment", backing), ("mixture", voice + backing)):
+        sf.write(str(realval / f"{name}.wav"), audio, 16000, subtype="FLOAT")
+    env = {**os.environ, "CONFIGS": str(configs), "TRACKS": "5",
+           "SECONDS_PER_TRACK": "3", "QUALITY_TRACKS": "1", "REALVAL": str(realval.parent),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     work, bundle = tmp_path / "work", tmp_path / "bundle"
     command = ["bash", str(ROOT / "recipes" / "default.sh"), str(work), str(bundle)]
@@ -45,8 +57,21 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     quality = json.loads((work / "quality.json").read_text())
     assert quality["seed"] == 1 and len(quality["tracks"]) == 1
     assert list(quality["sdr"])[3:] == ["blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
+    assert quality["real"]["clips"] == ["clip"]
+    assert list(quality["real"]["sdr"])[3:] == ["blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
     steps = {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
     assert steps == {name: 3 for name in SMALL}
+    # Stage 2 starts from the stage-1 export, and the bundle holds the stage-2 weights.
+    stage1 = json.loads((work / "stage1" / "bundle.json").read_text())
+    assert [m["name"] for m in stage1["models"]] == ["xumx", "unet_attn", "demucs_split"]
+    tuned = {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
+    assert tuned == {name: 3 for name in SMALL}
+    for index, name in enumerate(SMALL):
+        member = manifest["models"][index]
+        start = load_file(str(work / "stage1" / stage1["models"][index]["weights"]))
+        final = load_file(str(bundle / member["weights"]))
+        assert set(start) == set(final)
+        assert any(not torch.equal(start[k], final[k]) for k in start), f"{name}: stage 2 changed nothing"
 
     # Run again: the corpus is complete, the runs are finished, the bundle is kept.
     stamp = (bundle / "bundle.json").stat().st_mtime_ns
@@ -55,3 +80,4 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     assert "exists: kept" in second.stderr
     assert (bundle / "bundle.json").stat().st_mtime_ns == stamp
     assert {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == steps
+    assert {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == tuned

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+# The genres of danna_sep.data.corpus.compose.GENRES, named here so that --help imports no numpy.
+GENRE_NAMES = ("pop", "rock", "electronic", "ballad", "funk")
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "corpus",
         help="generate synthetic songs with separate stems (MUSDB18-HQ layout)",
-        description="Compose songs and render each stem apart with FluidSynth and a General MIDI "
-                    "soundfont (vocals: espeak-ng words sung with the WORLD vocoder). Writes "
+        description="Compose songs in five genres and render every part apart with FluidSynth "
+                    "(General MIDI soundfonts and recorded drum kits) or a small synthesizer, through "
+                    "its own effect chain (vocals: espeak-ng words sung with the WORLD vocoder, with "
+                    "breaths and backing lines). Writes "
                     "OUT/{train,test}/NAME/{mixture,drums,bass,other,vocals}.wav (44.1 kHz stereo "
                     "16-bit; the mixture is the exact sum of the stems) and meta.json. Complete "
                     "tracks already there are skipped, so an interrupted run can be run again.",
@@ -21,8 +26,11 @@ def register(subparsers) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="corpus seed; same seed, same bytes (default: %(default)s)")
     parser.add_argument("--soundfont", action="append", default=None, metavar="PATH",
-                        help="General MIDI .sf2 soundfont; repeat for several, and each track picks "
-                             "one by the seed (default: /usr/share/sounds/sf2/FluidR3_GM.sf2)")
+                        help="soundfont (.sf2/.sf3); repeat for several, and each part picks one by the "
+                             "seed (default: FluidR3_GM.sf2 and whichever of TimGM6mb, MuseScore General "
+                             "and the AVLdrums kits are installed)")
+    parser.add_argument("--genre", default=None, choices=sorted(GENRE_NAMES),
+                        help="make every song of this genre (default: drawn per song from the seed)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes rendering in parallel; the output does not depend on it (default: %(default)s)")
     parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
@@ -55,7 +63,7 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
         report = generate_corpus(
             args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed, soundfonts=args.soundfont,
             workers=args.workers, test_fraction=args.test_fraction, force=args.force,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet, genre=args.genre,
         )
     except CorpusError as exc:  # a missing soundfont or program: nothing was rendered
         print(f"danna-sep corpus: {exc}", file=sys.stderr)

@@ -62,6 +62,7 @@ class _Job:
     soundfonts: Tuple[str, ...]
     request: Dict
     force: bool
+    genre: Optional[str] = None
 
 
 def track_name(seed: int, index: int) -> str:
@@ -127,7 +128,7 @@ def _make_track(job: _Job) -> Tuple[int, Optional[str]]:
     """Render and write one track (in a worker or in-process): (index, error line or None)."""
     folder = Path(job.folder)
     try:
-        track = render_track(job.seed, job.index, job.seconds, list(job.soundfonts))
+        track = render_track(job.seed, job.index, job.seconds, list(job.soundfonts), job.genre)
         write_track(folder, track, job.request, job.force)
     except CorpusError as exc:
         return job.index, str(exc) if str(folder) in str(exc) else f"{folder}: {exc}"
@@ -160,6 +161,7 @@ def generate_corpus(
     force: bool = False,
     show_progress: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
+    genre: Optional[str] = None,
 ) -> CorpusReport:
     """Write `tracks` songs of `seconds` each under `out` in the MUSDB18-HQ layout.
 
@@ -199,6 +201,8 @@ def generate_corpus(
         names[index] = relative
         request = {"version": GENERATOR_VERSION, "seed": seed, "index": index, "seconds": seconds,
                    "samples": samples, "soundfonts": hashes}
+        if genre is not None:  # absent when drawn from the seed, so older requests still match
+            request["genre"] = genre
         for leftover in sorted(folder.parent.glob(f".{name}.partial-*")) + sorted(folder.parent.glob(f".{name}.old-*")):
             log.info("removing %s left by an interrupted run", leftover)
             shutil.rmtree(leftover, ignore_errors=True)
@@ -209,7 +213,8 @@ def generate_corpus(
                 report.failed.append((relative, f"{folder}: already exists and differs (use --force to overwrite)"))
             continue
         jobs.append(_Job(index=index, folder=str(folder), seed=seed, seconds=float(seconds),
-                         soundfonts=tuple(str(f) for f in fonts), request=request, force=force))
+                         soundfonts=tuple(str(f) for f in fonts), request=request, force=force,
+                         genre=genre))
 
     total, done = tracks, tracks - len(jobs)
     bar = None
