@@ -219,3 +219,13 @@ def test_corpus_genre_option_makes_songs_of_that_genre(tmp_path):
     assert main(["corpus", str(out), "--tracks", "2", "--seconds", "2", "--seed", "3", "--genre", "funk", "-q"]) == 0
     metas = [json.loads(p.read_text()) for p in sorted(out.rglob("meta.json"))]
     assert [m["genre"] for m in metas] == ["funk", "funk"] and metas[0]["request"]["genre"] == "funk"
+
+
+def test_the_filter_envelope_closes_a_pluck():
+    pluck = synth.render_note(synth.PATCHES[synth.PATCH_INDEX["pluck"]], 48, 110, 0.6)[0]
+
+    def brightness(x):
+        return band_energy(x[None], 3000, 20000) / band_energy(x[None], 20, 20000)
+
+    early, late = pluck[: int(0.03 * SR)], pluck[int(0.3 * SR): int(0.33 * SR)]
+    assert brightness(early) > 3 * brightness(late)  # bright attack, dull tail (about 5x; 1x unfiltered)
