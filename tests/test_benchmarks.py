@@ -190,7 +190,7 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
     bundle = save_bundle(tmp_path / "bundle", common.random_bundle(PAPER_BLEND, seed=2, kwargs=TINY).members)
     data, out = tmp_path / "split", tmp_path / "quality.json"
     args = ["--bundle", str(bundle), "--data", str(data), "--tracks", "1", "--seconds", "4", "--seed", "5",
-            "--workers", "1", "--threads", "1", "--json", str(out)]
+            "--workers", "1", "--threads", "1", "--json", str(out), "--realval", "none"]
     assert quality.main(args) == 0
     table = capsys.readouterr().out
     rows = json.loads(out.read_text())["sdr"]
@@ -218,3 +218,61 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
     assert quality.main(args) == 1  # the JSON exists: needs --force
     assert "already exists" in capsys.readouterr().err
     assert quality.main(args + ["--force"]) == 0
+
+
+def test_quality_real_table_on_clips_in_the_realval_layout(bench, tmp_path, capsys):
+    """The second table: mono 16 kHz clips separated at 44.1 kHz, vocals against the sum of
+    the other stems; the blend row equals Separator on the whole bundle, the floor equals
+    the mixture's SDR computed here."""
+    import numpy as np
+    import soundfile as sf
+
+    from danna_sep.bundle import save_bundle
+    from danna_sep.evaluate import sdr_mdx
+    from danna_sep.separator import Separator
+
+    quality = importlib.import_module("benchmarks.quality")
+    _, common = bench
+    bundle = save_bundle(tmp_path / "bundle", common.random_bundle(PAPER_BLEND, seed=3, kwargs=TINY).members)
+    root = tmp_path / "realval"
+    rng = np.random.default_rng(1)
+    truth = {}
+    for name in ("b_clip", "a_clip"):
+        (root / name).mkdir(parents=True)
+        t = np.arange(16000 * 2) / 16000
+        voice = 0.2 * np.sin(2 * np.pi * 330 * t) * (rng.random() + 0.5)
+        band = 0.1 * rng.standard_normal(t.size)
+        for stem, audio in (("vocals", voice), ("accompaniment", band), ("mixture", voice + band)):
+            sf.write(str(root / name / f"{stem}.wav"), audio, 16000, subtype="FLOAT")
+        truth[name] = (voice, band)
+    (root / "README.md").write_text("not a clip")
+    (root / "incomplete").mkdir()
+    clips = quality.load_realval(root)
+    assert [c.name for c in clips] == ["a_clip", "b_clip"] and clips[0].samplerate == 16000
+    from danna_sep.separator import resolve_bundle
+
+    rows = quality.real_rows(resolve_bundle(str(bundle)), clips)
+    assert list(rows) == ["xumx", "unet_attn", "demucs_split", "blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
+    separator = Separator(bundle, device="cpu", precision="float32")
+    blend, floor = [], []
+    for clip in clips:
+        voice, band = truth[clip.name]
+        refs = np.stack([voice, band])[:, None, :].astype(np.float32)
+        stems = separator.separate_tensor(clip.mixture, 16000)
+        vocals = stems["vocals"].mean(dim=0).numpy()
+        rest = sum(stems[s].mean(dim=0) for s in ("drums", "bass", "other")).numpy()
+        blend.append(sdr_mdx(refs, np.stack([vocals, rest])[:, None, :]))
+        floor.append(sdr_mdx(refs, np.stack([voice + band] * 2)[:, None, :].astype(np.float32)))
+    blend, floor = np.mean(blend, axis=0), np.mean(floor, axis=0)
+    assert rows["blend"]["vocals"] == pytest.approx(blend[0], abs=1e-3)
+    assert rows["blend"]["accompaniment"] == pytest.approx(blend[1], abs=1e-3)
+    assert rows["mixture (floor)"]["vocals"] == pytest.approx(floor[0], abs=1e-3)
+    assert rows["oracle IRM2 (ceiling)"]["vocals"] > rows["mixture (floor)"]["vocals"] + 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(common.BenchmarkError, match="no clip folders"):
+        quality.load_realval(empty)
+    capsys.readouterr()
+    assert quality.main(["--bundle", str(bundle), "--realval", str(tmp_path / "missing")]) == 1
+    assert capsys.readouterr().err.strip() == (f"quality: {tmp_path / 'missing'}: no such folder of real clips "
+                                               "(pass --realval none to skip them)")
