@@ -63,6 +63,11 @@ def _delay(rng: np.random.Generator, tempo: float, mix: tuple) -> Dict[str, obje
             "mix": _u(rng, *mix)}
 
 
+def _modulation(rng: np.random.Generator, kind: str, rate: tuple, depth: tuple, mix: tuple) -> Dict[str, object]:
+    """A chorus or phaser (pedalboard's), its rate, depth and mix drawn in that order."""
+    return {"effect": kind, "rate_hz": _u(rng, *rate), "depth": _u(rng, *depth), "mix": _u(rng, *mix)}
+
+
 def _compressor(rng: np.random.Generator, ratio: tuple, threshold: tuple) -> Dict[str, object]:
     return {"effect": "compressor", "threshold_db": _u(rng, *threshold, 1), "ratio": _u(rng, *ratio, 2),
             "attack_ms": _u(rng, 1.0, 30.0, 1), "release_ms": _u(rng, 50.0, 300.0, 0)}
@@ -94,8 +99,8 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
         chain += _amp(rng, (14.0, 32.0) if heavy else (8.0, 24.0))
         chain.append(_compressor(rng, (2.0, 4.0), (-24.0, -12.0)))
         if rng.random() < 0.25:
-            chain.append({"effect": "phaser" if rng.random() < 0.5 else "chorus", "rate_hz": _u(rng, 0.2, 1.5),
-                          "depth": _u(rng, 0.2, 0.6), "mix": _u(rng, 0.2, 0.5)})
+            chain.append(_modulation(rng, "phaser" if rng.random() < 0.5 else "chorus", (0.2, 1.5), (0.2, 0.6),
+                                     (0.2, 0.5)))
         if rng.random() < 0.3:
             chain.append(_delay(rng, tempo, (0.08, 0.25)))
         chain.append(_reverb(rng, (0.2, 0.6), (0.05, 0.25)))
@@ -105,11 +110,9 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
         chain.append(_compressor(rng, (2.0, 5.0), (-28.0, -14.0)))
         roll = rng.random()
         if roll < 0.3:
-            chain.append({"effect": "chorus", "rate_hz": _u(rng, 0.3, 2.0), "depth": _u(rng, 0.15, 0.5),
-                          "mix": _u(rng, 0.2, 0.5)})
+            chain.append(_modulation(rng, "chorus", (0.3, 2.0), (0.15, 0.5), (0.2, 0.5)))
         elif roll < 0.45:
-            chain.append({"effect": "phaser", "rate_hz": _u(rng, 0.2, 1.2), "depth": _u(rng, 0.3, 0.7),
-                          "mix": _u(rng, 0.3, 0.6)})
+            chain.append(_modulation(rng, "phaser", (0.2, 1.2), (0.3, 0.7), (0.3, 0.6)))
         if rng.random() < 0.4:
             chain.append(_delay(rng, tempo, (0.1, 0.3)))
         chain.append(_reverb(rng, (0.2, 0.8), (0.08, 0.35)))
@@ -117,8 +120,7 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
         if role == "organ" and rng.random() < 0.5:
             chain.append({"effect": "tube", "drive_db": _u(rng, 4.0, 14.0, 1), "bias": _u(rng, 0.05, 0.2)})
         if rng.random() < (0.5 if role == "organ" else 0.25):
-            chain.append({"effect": "chorus", "rate_hz": _u(rng, 0.5, 6.0), "depth": _u(rng, 0.1, 0.4),
-                          "mix": _u(rng, 0.2, 0.5)})
+            chain.append(_modulation(rng, "chorus", (0.5, 6.0), (0.1, 0.4), (0.2, 0.5)))
         chain.append({"effect": "peak", "hz": _u(rng, 200.0, 4000.0, 0), "gain_db": _u(rng, -4.0, 4.0, 1),
                       "q": _u(rng, 0.5, 1.2)})
         chain.append(_compressor(rng, (1.5, 3.0), (-24.0, -10.0)))
@@ -126,18 +128,15 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
     elif role in ("strings", "pad"):
         chain.append({"effect": "highpass", "hz": _u(rng, 80.0, 250.0, 0)})
         if rng.random() < 0.3:
-            chain.append({"effect": "chorus", "rate_hz": _u(rng, 0.2, 1.0), "depth": _u(rng, 0.2, 0.5),
-                          "mix": _u(rng, 0.2, 0.5)})
+            chain.append(_modulation(rng, "chorus", (0.2, 1.0), (0.2, 0.5), (0.2, 0.5)))
         chain.append(_reverb(rng, (0.5, 0.95), (0.2, 0.5)))
         chain.append({"effect": "width", "amount": _u(rng, 1.0, 1.6)})
     elif role == "synth":
         roll = rng.random()
         if roll < 0.3:
-            chain.append({"effect": "chorus", "rate_hz": _u(rng, 0.3, 2.0), "depth": _u(rng, 0.2, 0.6),
-                          "mix": _u(rng, 0.3, 0.6)})
+            chain.append(_modulation(rng, "chorus", (0.3, 2.0), (0.2, 0.6), (0.3, 0.6)))
         elif roll < 0.45:
-            chain.append({"effect": "phaser", "rate_hz": _u(rng, 0.1, 1.0), "depth": _u(rng, 0.3, 0.8),
-                          "mix": _u(rng, 0.3, 0.6)})
+            chain.append(_modulation(rng, "phaser", (0.1, 1.0), (0.3, 0.8), (0.3, 0.6)))
         if rng.random() < 0.5:
             chain.append(_delay(rng, tempo, (0.15, 0.35)))
         chain.append(_reverb(rng, (0.4, 0.9), (0.1, 0.4)))
