@@ -33,7 +33,6 @@ These clips score; they are never trained on.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time

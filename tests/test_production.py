@@ -10,7 +10,7 @@ from danna_sep.data.corpus import compose as composer
 from danna_sep.data.corpus import production, synth
 from danna_sep.data.corpus.track import render_track
 
-from test_corpus import MISSING, needs_renderer
+from test_corpus import needs_renderer
 
 SR = 44100
 ROLES = ("drums", "bass", "slap_bass", "synth_bass", "guitar_drive", "guitar", "keys", "organ", "strings", "pad",

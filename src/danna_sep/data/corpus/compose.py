@@ -17,7 +17,7 @@ from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .synth import BASS_PATCHES, LEAD_PATCHES, PAD_PATCHES, PATCH_INDEX, SYNTH_BANK
+from .synth import LEAD_PATCHES, PAD_PATCHES, PATCH_INDEX, SYNTH_BANK
 
 Stem = Literal["drums", "bass", "other", "vocals"]
 Mode = Literal["major", "minor", "dorian", "mixolydian"]
@@ -66,8 +66,6 @@ FAMILIES: Dict[str, Tuple[int, ...]] = {
     "synth": tuple(PATCH_INDEX[name] for name in PAD_PATCHES + LEAD_PATCHES),
 }
 SUSTAINED_FAMILIES = ("organ", "strings", "pad")
-BASS_PROGRAMS = (32, 33, 34, 35, 36, 37, 38, 39)
-BASS_PROGRAM_WEIGHTS = (0.12, 0.28, 0.17, 0.08, 0.05, 0.04, 0.15, 0.11)
 VOCAL_DOUBLING_PROGRAMS = (52, 53, 54)  # Choir Aahs, Voice Oohs, Synth Voice
 # Bank 128 drum kits of the General MIDI / GS layout (FluidR3_GM has all of them).
 DRUM_KITS = {"standard": 0, "room": 8, "power": 16, "electronic": 24, "tr808": 25, "jazz": 32, "brush": 40}
@@ -138,7 +136,6 @@ GENRES: Dict[str, Genre] = {
 GENRE_WEIGHTS: Dict[str, float] = {"pop": 0.3, "rock": 0.25, "electronic": 0.17, "ballad": 0.13, "funk": 0.15}
 
 DRUM_STYLES = ("rock", "pop", "disco", "funk", "halftime", "ballad", "shuffle", "hiphop")
-DRUM_STYLE_WEIGHTS = (0.2, 0.2, 0.1, 0.1, 0.1, 0.12, 0.08, 0.1)
 STYLE_KITS = {
     "rock": ("standard", "room", "power"), "pop": ("standard", "room", "electronic"),
     "disco": ("standard", "electronic", "room"), "funk": ("standard", "room"),

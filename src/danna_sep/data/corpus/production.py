@@ -16,7 +16,7 @@ same thing for a quiet harp patch and a loud organ; the mix sets the final level
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
