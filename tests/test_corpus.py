@@ -417,9 +417,10 @@ def test_cli_argument_checks(tmp_path, capsys):
                    "danna-sep corpus: --test-fraction 1.5: must be within [0, 1]"]
 
 
-@pytest.mark.slow
 @needs_renderer
 def test_workers_do_not_change_the_bytes(tmp_path):
+    # About 30 s here (spawned workers load every soundfont): in CI, since the effect
+    # chains, the synthesizer and per-part soundfonts all have to agree across processes.
     one = generate_corpus(tmp_path / "one", tracks=3, seconds=3.0, seed=4, test_fraction=0.34)
     two = generate_corpus(tmp_path / "two", tracks=3, seconds=3.0, seed=4, test_fraction=0.34, workers=2)
     assert one.written == two.written == ["test/synth-4-0002", "train/synth-4-0000", "train/synth-4-0001"]
