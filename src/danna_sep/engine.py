@@ -194,13 +194,20 @@ class ModelRunner:
             estimates = out * mag.unsqueeze(1)
         else:  # a single-target magnitude model: (1, channels, bins, frames)
             estimates = out if out.dim() == 5 else out.unsqueeze(1)
+        # A source estimated alone would get a Wiener mask of 1, the whole mixture, whatever
+        # the model said: filter it against the residual (the mixture minus the estimate),
+        # as Open-Unmix does for one target, and keep the target.
+        single = estimates.shape[1] == 1
         filtered = apply_wiener(
             estimates,
             mix_stft,
             iterations=self.options.wiener_iterations,
             softmask=self.options.softmask,
+            residual=single,
             window=self.options.wiener_window,
         )
+        if single:
+            filtered = filtered[:, :1]
         return spectral.istft(filtered[0], padded)[..., :length]
 
 
