@@ -61,6 +61,13 @@ def test_two_stems_selection_and_no_overwrite(tmp_path, tiny_bundle):
     rest, _ = sf.read(out / "Chanson d'été" / "no_vocals.wav")
     mix, _ = sf.read(source)
     assert vocals.shape == rest.shape == mix.shape
+    # no_vocals is the other three stems exactly, and vocals + no_vocals is the whole separation.
+    four = tmp_path / "four"
+    assert main(args[:3] + [str(four)] + args[4:]) == 0
+    stems = {s: sf.read(four / "Chanson d'été" / f"{s}.wav")[0] for s in ("drums", "bass", "other", "vocals")}
+    assert np.array_equal(stems["vocals"], vocals)
+    assert np.abs(rest - (stems["drums"] + stems["bass"] + stems["other"])).max() < 1e-5
+    assert np.abs(rest).max() > 1e-3 and np.abs(vocals).max() > 1e-3  # neither side is empty
     assert main(args + ["--stems", "drums,bass", "--filename", "{stem}-{track}.{ext}"]) == 0
     assert sorted(p.name for p in out.glob("*.wav")) == ["bass-Chanson d'été.wav", "drums-Chanson d'été.wav"]
 
