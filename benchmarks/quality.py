@@ -65,8 +65,20 @@ def ensure_split(root: Path, tracks: int, seconds: float, seed: int, workers: in
     report = generate_corpus(root, tracks, seconds, seed, workers=workers, test_fraction=1.0,
                              show_progress=True)
     if report.failed:
-        raise common.BenchmarkError(f"{root}: {len(report.failed)} tracks could not be generated")
+        name, reason = report.failed[0]
+        raise common.BenchmarkError(f"{root}: {len(report.failed)} tracks could not be generated (first, {name}: "
+                                    f"{reason}); --as-is scores the tracks there as they are")
     return find_tracks(root, subset="test")[:tracks]
+
+
+def existing_split(root: Path, tracks: int) -> List:
+    """The first `tracks` tracks of `root`/test, as they are; BenchmarkError when there are none."""
+    from danna_sep.data import find_tracks
+
+    found = find_tracks(root, subset="test")[:tracks]
+    if not found:
+        raise common.BenchmarkError(f"{root}: no tracks in test/")
+    return found
 
 
 def members_alone(bundle: Bundle) -> List[Bundle]:
@@ -241,6 +253,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--bundle", default="default", help="bundle folder or shipped bundle name (default: default)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help=f"where the test split is (generated if missing; default: {DEFAULT_DATA})")
+    parser.add_argument("--as-is", action="store_true",
+                        help="score the test/ tracks already in --data and generate nothing (a split made by "
+                             "an older generator, or any folder in the MUSDB18 layout)")
     parser.add_argument("--tracks", type=int, default=24, help="tracks in the test split (default: 24)")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default: 30)")
     parser.add_argument("--seed", type=int, default=1, help="corpus seed of the test split (default: 1)")
@@ -268,7 +283,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         bundle = resolve_bundle(args.bundle)
         clips = [] if args.realval == "none" else load_realval(Path(args.realval))
-        tracks = ensure_split(args.data, args.tracks, args.seconds, args.seed, args.workers)
+        if args.as_is:
+            tracks = existing_split(args.data, args.tracks)
+        else:
+            tracks = ensure_split(args.data, args.tracks, args.seconds, args.seed, args.workers)
     except (BundleError, DataError, common.BenchmarkError) as exc:
         print(f"quality: {exc}", file=sys.stderr)
         return 1
@@ -276,7 +294,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     started = time.monotonic()
     rows = quality_rows(bundle, tracks, args.precision)
     print(f"# Separation quality: {bundle.describe()}")
-    print(f"Test split: {len(tracks)} generated tracks of {args.seconds:g} s, corpus seed {args.seed} "
+    made = "tracks as found" if args.as_is else f"generated tracks of {args.seconds:g} s, corpus seed {args.seed}"
+    print(f"Test split: {len(tracks)} {made} "
           f"({args.data}); networks in {args.precision}; MDX SDR in dB, mean over tracks; "
           f"{time.monotonic() - started:.0f} s on "
           f"{common.machine_line(info)}")

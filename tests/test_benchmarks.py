@@ -218,6 +218,19 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
     assert quality.main(args) == 1  # the JSON exists: needs --force
     assert "already exists" in capsys.readouterr().err
     assert quality.main(args + ["--force"]) == 0
+    # --as-is scores the tracks found, whatever made them: a track the generator would now
+    # refuse (its meta.json says another version) gives the same rows, and nothing is generated
+    meta = json.loads((track / "meta.json").read_text())
+    (track / "meta.json").write_text(json.dumps({**meta, "request": {**meta["request"], "version": -1}}))
+    capsys.readouterr()
+    assert quality.main(args + ["--force"]) == 1  # generating: refuses the differing track
+    assert "differs" in capsys.readouterr().err
+    assert quality.main(args + ["--force", "--as-is", "--tracks", "5"]) == 0
+    assert "1 tracks as found" in capsys.readouterr().out
+    assert json.loads(out.read_text())["sdr"] == rows
+    assert sorted(p.name for p in (data / "test").iterdir()) == [track.name]
+    assert quality.main(args + ["--force", "--as-is", "--data", str(tmp_path / "nothing")]) == 1
+    assert "nothing" in capsys.readouterr().err
 
 
 def test_quality_real_table_on_clips_in_the_realval_layout(bench, tmp_path, capsys):

@@ -229,3 +229,40 @@ def test_the_filter_envelope_closes_a_pluck():
 
     early, late = pluck[: int(0.03 * SR)], pluck[int(0.3 * SR): int(0.33 * SR)]
     assert brightness(early) > 3 * brightness(late)  # bright attack, dull tail (about 5x; 1x unfiltered)
+
+
+def test_a_light_mix_keeps_tone_and_drops_time_effects():
+    """lighten(): no delay, chorus or phaser; reverbs at 0.3 of their wet share; everything
+    else as drawn, and the drawn chain itself untouched."""
+    rng = np.random.default_rng(3)
+    chains = [production.draw_part_chain(rng, role, "rock", 120.0) for role in ROLES for _ in range(6)]
+    drawn = json.loads(json.dumps(chains))
+    seen = set()
+    for chain, original in zip(chains, drawn):
+        light = production.lighten(chain)
+        assert chain == original
+        kept = [e for e in original if e["effect"] not in ("delay", "chorus", "phaser")]
+        assert [e["effect"] for e in light] == [e["effect"] for e in kept]
+        for before, after in zip(kept, light):
+            seen.add(before["effect"])
+            if before["effect"] in ("reverb", "room"):
+                assert after["wet"] == pytest.approx(0.3 * before["wet"], abs=1e-3)
+                assert {k: v for k, v in after.items() if k != "wet"} == {k: v for k, v in before.items() if k != "wet"}
+            else:
+                assert after == before
+    assert {"reverb", "room", "compressor", "distortion"} <= seen
+
+
+@needs_renderer
+def test_some_tracks_are_mixed_light_and_their_meta_says_so():
+    """The style is drawn per track from its own stream: a light track's chains hold no time
+    effects."""
+    styles = {}
+    for index in range(8):
+        track = render_track(23, index, 1.0)
+        style = track.meta["production"]["style"]
+        styles.setdefault(style, track)
+        if style == "light":
+            chains = list(track.meta["production"]["parts"].values()) + [track.meta["production"]["vocal_lead"]]
+            assert not any(e["effect"] in ("delay", "chorus", "phaser") for chain in chains for e in chain)
+    assert set(styles) == {"light", "produced"}

@@ -1033,7 +1033,9 @@ def _compose_vocals(ctx: _Context, short: bool) -> VocalPlan:
                 notes.append(SungNote(start, end, pitch, velocity, word))
 
     doubling: Optional[Part] = None
-    if rng.random() < 0.7:
+    # A GM choir or synth voice under the lead, in the vocals stem: some records have one,
+    # most real vocal stems do not.
+    if rng.random() < 0.25:
         program = int(_choice(rng, VOCAL_DOUBLING_PROGRAMS, (0.4, 0.4, 0.2)))
         doubling = Part(name="vocal_doubling", stem="vocals", bank=0, program=program, style="unison",
                         pan=64, volume=100, reverb=int(rng.integers(40, 90)),

@@ -177,6 +177,26 @@ def draw_part_chain(rng: np.random.Generator, role: str, genre: str, tempo: floa
     return chain
 
 
+#: Share of tracks mixed light: real records range from near-dry to drenched, and a corpus
+#: that is all reverb and modulation teaches a model nothing about the plainer ones.
+LIGHT_SHARE = 0.3
+_TIME_EFFECTS = ("delay", "chorus", "phaser")
+
+
+def lighten(chain: Sequence[Mapping[str, object]], wet_scale: float = 0.3) -> Chain:
+    """`chain` as a light mix would have it: no delay, chorus or phaser, reverbs `wet_scale`
+    as wet; tone, drive, dynamics and placement stay."""
+    light: Chain = []
+    for effect in chain:
+        if effect["effect"] in _TIME_EFFECTS:
+            continue
+        effect = dict(effect)
+        if effect["effect"] in ("reverb", "room"):
+            effect["wet"] = round(float(effect["wet"]) * wet_scale, 3)
+        light.append(effect)
+    return light
+
+
 def draw_bus_chain(rng: np.random.Generator, stem: str) -> Chain:
     """Glue on a whole stem: gentle compression and tone, never reverb (that is per part)."""
     chain: Chain = []

@@ -13,7 +13,7 @@ import numpy as np
 from ... import SOURCES
 from .compose import GENRES, Part, Song, compose
 from .mix import FULL_SCALE, active_seconds, balance, loudness_db, quantise
-from .production import apply_chain, draw_bus_chain, draw_part_chain, normalise
+from .production import LIGHT_SHARE, apply_chain, draw_bus_chain, draw_part_chain, lighten, normalise
 from .render import (
     DEFAULT_SOUNDFONT,
     SAMPLERATE,
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: Bumped whenever the same seed would give different audio; part of the resume check.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MAX_SECONDS = 3600.0
 
 #: The soundfonts a corpus draws from when none are named: FluidR3_GM (required) and, where
@@ -61,8 +61,8 @@ def track_rngs(seed: int, index: int) -> Dict[str, np.random.Generator]:
     """
     if seed < 0 or index < 0:
         raise ValueError(f"seed and index must be non-negative, not {seed} and {index}")
-    children = np.random.SeedSequence([int(seed), int(index)]).spawn(5)
-    names = ("soundfont", "compose", "vocals", "mix", "production")
+    names = ("soundfont", "compose", "vocals", "mix", "production", "style")
+    children = np.random.SeedSequence([int(seed), int(index)]).spawn(len(names))
     return {name: np.random.default_rng(child) for name, child in zip(names, children)}
 
 
@@ -132,7 +132,15 @@ def render_track(seed: int, index: int, seconds: float,
         else:
             candidates = _fonts_for(part, fonts)
             chosen[part.name] = candidates[choose_soundfont(rngs["soundfont"], len(candidates))]
-    chains = {part.name: draw_part_chain(fx, part.role, song.genre, song.tempo) for part in song.parts}
+    # Chains are drawn in full whatever the style, so a light mix differs from its produced
+    # twin only in the time effects and reverb levels, not in every later draw.
+    style = "light" if rngs["style"].random() < LIGHT_SHARE else "produced"
+    shape = lighten if style == "light" else list
+
+    def draw(role: str) -> list:
+        return shape(draw_part_chain(fx, role, song.genre, song.tempo))
+
+    chains = {part.name: draw(part.role) for part in song.parts}
     buses = {stem: draw_bus_chain(fx, stem) for stem in SOURCES}
 
     def produce(part: Part) -> np.ndarray:
@@ -148,14 +156,13 @@ def render_track(seed: int, index: int, seconds: float,
     lead = sing(plan, samples, rngs["vocals"])
     sung_rms = float(np.sqrt(np.mean(lead.astype(np.float64) ** 2) / max(1e-9, (np.abs(lead) > 1e-4).mean())))
     lead = lead + breaths(plan, samples, rngs["vocals"], sung_rms)
-    lead_chain = draw_part_chain(fx, "vocal_lead", song.genre, song.tempo)
+    lead_chain = draw("vocal_lead")
     vocals = apply_chain(lead_chain, normalise(np.stack([lead, lead])))
     lines = []
     for line in plan.backing:
         sung = sing(replace(plan, notes=line.notes, espeak_voice=line.espeak_voice, formant_shift=line.formant_shift,
                             vibrato_cents=plan.vibrato_cents * 0.6, backing=[]), samples, rngs["vocals"])
-        chain = [{"effect": "pan", "position": line.pan}] + draw_part_chain(fx, "vocal_backing", song.genre,
-                                                                              song.tempo)
+        chain = [{"effect": "pan", "position": line.pan}] + draw("vocal_backing")
         voice = normalise(np.stack([sung, sung])) * 10 ** (line.gain_db / 20)
         vocals = vocals + apply_chain(chain, voice)
         lines.append({"kind": line.kind, "chain": chain})
@@ -170,7 +177,7 @@ def render_track(seed: int, index: int, seconds: float,
 
     scaled, gains, levels = balance({s: float_stems[s] for s in SOURCES}, rngs["mix"])
     stems = quantise(scaled)
-    production = {"parts": chains, "buses": buses, "vocal_lead": lead_chain, "vocal_backing": lines}
+    production = {"style": style, "parts": chains, "buses": buses, "vocal_lead": lead_chain, "vocal_backing": lines}
     meta = _describe(song, seed, index, seconds, samples, fonts, chosen, stems, gains, levels, production)
     return RenderedTrack(stems=stems, meta=meta, song=song)
 
