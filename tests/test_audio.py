@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tracemalloc
 from pathlib import Path
 
 import av
@@ -17,6 +18,7 @@ from danna_sep.audio import (
     AudioError,
     is_audio_file,
     load,
+    load_spooled,
     read_audio,
     read_audio_streams,
     resample,
@@ -227,6 +229,51 @@ def test_load_rejects_bad_channel_request(tmp_path):
     path = write_audio(tmp_path / "a.wav", sine(440, 8000, 0.1), 8000)
     with pytest.raises(ValueError):
         load(path, channels=3)
+
+
+def _write_noise(path: Path, seconds: float, seed: int) -> None:
+    """Stereo noise at 44.1 kHz: 16-bit PCM through libsndfile, or AAC in MP4 through PyAV."""
+    gen = torch.Generator().manual_seed(seed)
+    wav = (torch.rand(2, int(44100 * seconds), generator=gen) - 0.5) * 0.4
+    if path.suffix == ".m4a":
+        write_pyav(path, [wav], 44100)
+    else:
+        soundfile.write(str(path), wav.numpy().T, 44100, subtype="PCM_16")
+
+
+def _traced_peak(call):
+    """`call()`'s result and the peak of Python/numpy memory allocated while it ran."""
+    tracemalloc.start()
+    try:
+        result = call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+# wav and flac are decoded by libsndfile, m4a (AAC) by PyAV: each path must stream.
+@pytest.mark.parametrize("suffix", [".wav", ".flac", ".m4a"])
+def test_load_spooled_memory_does_not_grow_with_the_track(tmp_path, suffix):
+    short, long = tmp_path / f"short{suffix}", tmp_path / f"long{suffix}"
+    _write_noise(short, 10, seed=1)
+    _write_noise(long, 60, seed=2)
+    (spool_short, _, _), peak_short = _traced_peak(lambda: load_spooled(short))
+    (spool_long, rate, length), peak_long = _traced_peak(lambda: load_spooled(long))
+    with spool_short, spool_long:
+        whole, _ = read_audio(long)
+        assert rate == 44100 and length == whole.shape[-1] == spool_long.length
+        middle = length // 2
+        assert torch.equal(spool_long.read(middle, middle + 1000), whole[:, middle:middle + 1000])
+        assert torch.equal(spool_long.read(length - 1000, length), whole[:, -1000:])
+    decoded = whole.numel() * 4  # bytes of the long track as float32
+    # The measure sees the decoders' buffers: reading the whole track at once shows in it.
+    _, peak_whole = _traced_peak(lambda: read_audio(long))
+    assert peak_whole >= decoded
+    # Streaming: a track six times as long peaks at about the same memory, a small part
+    # of the decoded track (decoding it whole would peak at six times the short one).
+    assert peak_long < 1.5 * peak_short, (peak_short, peak_long)
+    assert peak_long < decoded / 4, (peak_long, decoded)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -1,5 +1,6 @@
 """Bundles: our format (manifest + safetensors + sha256) and the original tool's TorchScript folder."""
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,60 @@ def _copy(src, dst):
     for f in src.iterdir():
         (dst / f.name).write_bytes(f.read_bytes())
     return dst
+
+
+def _failing_save(monkeypatch, failure, seed):
+    """Members whose saving fails at the second member, and the exception it raises.
+
+    "unknown model": the second member names no registered model (the first member's
+    weights are already written when that is found). "disk full" / "interrupted": the
+    second weights file is written half, then the write raises.
+    """
+    members = tiny_members(seed=seed)
+    if failure == "unknown model":
+        members.insert(1, Member("no_such_model", torch.nn.Linear(2, 2), {"vocals": 1.0}, {}))
+        return members, KeyError
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+    calls = []
+
+    def save_file(tensors, filename, *args, **kwargs):
+        calls.append(filename)
+        real_save(tensors, filename, *args, **kwargs)
+        if len(calls) == 2:
+            os.truncate(filename, os.path.getsize(filename) // 2)
+            if failure == "disk full":
+                raise OSError(errno.ENOSPC, "No space left on device", filename)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    return members, OSError if failure == "disk full" else KeyboardInterrupt
+
+
+@pytest.mark.parametrize("failure", ["unknown model", "disk full", "interrupted"])
+def test_a_failed_save_leaves_no_bundle_and_no_staging_folder(tmp_path, monkeypatch, failure):
+    members, expected = _failing_save(monkeypatch, failure, seed=0)
+    parent = tmp_path / "bundles"
+    parent.mkdir()
+    with pytest.raises(expected):
+        bundles.save_bundle(parent / "new", members)
+    assert list(parent.iterdir()) == []  # neither the target nor a hidden staging folder
+
+
+@pytest.mark.parametrize("failure", ["unknown model", "disk full", "interrupted"])
+def test_a_failed_forced_save_keeps_the_old_bundle(saved_bundle, tmp_path, monkeypatch, failure):
+    old = _copy(saved_bundle, tmp_path / "old")
+    before = {p.name: p.read_bytes() for p in old.iterdir()}
+    members, expected = _failing_save(monkeypatch, failure, seed=1)  # other weights than old's
+    with pytest.raises(expected):
+        bundles.save_bundle(old, members, force=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["old"]  # no staging folder left beside it
+    assert {p.name: p.read_bytes() for p in old.iterdir()} == before
+    loaded = bundles.load_bundle(old)
+    for original, member in zip(tiny_members(seed=0), loaded.members):
+        for key, value in original.model.state_dict().items():
+            assert torch.equal(member.model.state_dict()[key], value)
 
 
 def test_tampered_truncated_and_missing_weights_are_named(saved_bundle, tmp_path):

@@ -122,3 +122,169 @@ def test_the_readme_command_separates_the_example_with_the_default_bundle(tmp_pa
     total = sum(audio for audio, _ in stems.values())
     residual = 10 * np.log10(np.sum(mixture**2) / np.sum((mixture - total) ** 2))
     assert residual > 15
+
+
+# --- output and processing options, each through the command line ------------------------
+
+def _stems(folder, ext="wav"):
+    """{stem: (samples, channels) float64 array} of the four stems in `folder`, and their rate."""
+    read = {s: sf.read(folder / f"{s}.{ext}") for s in bundles.SOURCES}
+    rates = {rate for _, rate in read.values()}
+    assert len(rates) == 1, rates
+    return {s: data for s, (data, _) in read.items()}, rates.pop()
+
+
+def test_clip_clamp_clips_each_sample_where_none_passes_full_scale(tmp_path, tiny_bundle):
+    loud = tmp_path / "loud.wav"
+    sf.write(loud, song(2.0, 44100) * 20, 44100, subtype="FLOAT")  # a float wav may pass full scale
+    common = ["separate", str(loud), "--bundle", str(tiny_bundle), "--device", "cpu", "-q", "--bit-depth", "32"]
+    for mode in ("none", "clamp", "rescale"):
+        assert main(common + ["-o", str(tmp_path / mode), "--clip", mode]) == 0
+    free, _ = _stems(tmp_path / "none" / "loud")
+    clamped, _ = _stems(tmp_path / "clamp" / "loud")
+    rescaled, _ = _stems(tmp_path / "rescale" / "loud")
+    peak = max(np.abs(a).max() for a in free.values())
+    assert peak > 1.5, "the test needs stems well past full scale"
+    for stem in bundles.SOURCES:
+        over = np.abs(free[stem]) > 1.0
+        assert over.any(), f"{stem} never passes full scale; the clamp would go untested"
+        # 32-bit float output: only the clip mode can keep the samples inside [-1, 1]
+        assert np.abs(clamped[stem]).max() == 1.0, stem
+        np.testing.assert_array_equal(clamped[stem], np.clip(free[stem], -1.0, 1.0))
+        # clamp clips the loud samples only; rescale scales every sample of every stem by one factor
+        np.testing.assert_array_equal(clamped[stem][~over], free[stem][~over])
+        np.testing.assert_allclose(rescaled[stem], free[stem] / peak, atol=1e-6)
+        assert np.abs(rescaled[stem] - clamped[stem]).max() > 0.1
+
+
+def test_samplerate_writes_stems_at_the_asked_rate_and_scaled_length(tmp_path, tiny_bundle):
+    import soxr
+
+    source = tmp_path / "odd.wav"
+    sf.write(source, song(3.0, 44100, seed=4)[:100_001], 44100, subtype="FLOAT")
+    common = ["separate", str(source), "--bundle", str(tiny_bundle), "--device", "cpu", "-q",
+              "--bit-depth", "32", "--clip", "none"]
+    assert main(common + ["-o", str(tmp_path / "native")]) == 0
+    native, rate = _stems(tmp_path / "native" / "odd")
+    assert rate == 44100 and native["bass"].shape == (100_001, 2)
+    # 100001 * 48000 / 44100 = 108844.63 and 100001 * 16000 / 44100 = 36281.54: rounded, not truncated
+    for asked, frames in ((48000, 108_845), (16000, 36_282)):
+        out = tmp_path / str(asked)
+        assert main(common + ["-o", str(out), "--samplerate", str(asked)]) == 0
+        for stem in bundles.SOURCES:
+            info = sf.info(out / "odd" / f"{stem}.wav")
+            assert (info.samplerate, info.frames, info.channels) == (asked, frames, 2), stem
+        stems, _ = _stems(out / "odd")
+        for stem in bundles.SOURCES:
+            # the same separation, resampled: compare with the native-rate stem resampled in one go
+            want = soxr.resample(native[stem], 44100, asked, quality="HQ")[:frames]
+            inner = slice(2000, frames - 2000)
+            error = np.abs(stems[stem][inner] - want[inner]).max()
+            assert error < 1e-3 * max(np.abs(want).max(), 1e-3), (asked, stem, error)
+
+
+def test_shifts_average_the_separation_over_the_seeded_random_offsets(tmp_path, tiny_bundle):
+    """--shifts N: each segment separated at N random earlier starts (up to 0.5 s, zeros before
+    the track) and the N results averaged; offsets drawn from a generator seeded with 0."""
+    from danna_sep.separator import Separator
+
+    rate = 44100
+    source = tmp_path / "short.wav"
+    sf.write(source, song(1.5, rate, seed=6), rate, subtype="FLOAT")  # one segment at the default 10 s
+    common = ["separate", str(source), "--bundle", str(tiny_bundle), "--device", "cpu", "-q",
+              "--bit-depth", "32", "--clip", "none", "--precision", "float32"]
+    assert main(common + ["-o", str(tmp_path / "s0")]) == 0
+    assert main(common + ["-o", str(tmp_path / "s2"), "--shifts", "2"]) == 0
+    plain, _ = _stems(tmp_path / "s0" / "short")
+    shifted, _ = _stems(tmp_path / "s2" / "short")
+
+    mixture = torch.from_numpy(sf.read(source, dtype="float32")[0].T.copy())
+    generator = torch.Generator().manual_seed(0)
+    max_shift = round(0.5 * rate)
+    offsets = [int(torch.randint(0, max_shift + 1, (1,), generator=generator)) for _ in range(2)]
+    assert len(set(offsets)) == 2 and min(offsets) > 0
+    once = Separator(tiny_bundle, device="cpu", precision="float32")  # shifts=0
+    runs = [once.separate_tensor(torch.nn.functional.pad(mixture, [offset, 0])) for offset in offsets]
+    for stem in bundles.SOURCES:
+        want = sum(run[stem][:, offset:] for run, offset in zip(runs, offsets)) / 2
+        assert shifted[stem].shape == plain[stem].shape == (mixture.shape[1], 2)
+        np.testing.assert_allclose(shifted[stem], want.T.numpy(), atol=1e-5, err_msg=stem)
+        assert np.abs(shifted[stem] - plain[stem]).max() > 1e-3, stem
+
+
+def test_fast_runs_the_original_unet_and_demucs_only(tmp_path, tiny_bundle):
+    """--fast with --checkpoints: the U-Net and Demucs files blended with the paper's fast table;
+    the X-UMX file is neither needed nor read."""
+    from danna_sep.bundle import Bundle, Member
+    from danna_sep.separator import Separator
+
+    loaded = bundles.load_bundle(tiny_bundle)
+    checkpoints = bundles.export_original(loaded, tmp_path / "checkpoints")
+    source = tmp_path / "t.wav"
+    sf.write(source, song(2.0, 44100, seed=7), 44100, subtype="FLOAT")
+    common = ["separate", str(source), "--checkpoints", str(checkpoints), "--device", "cpu", "-q",
+              "--bit-depth", "32", "--clip", "none", "--precision", "float32"]
+    assert main(common + ["-o", str(tmp_path / "full")]) == 0
+    assert main(common + ["-o", str(tmp_path / "fast"), "--fast"]) == 0
+    full, _ = _stems(tmp_path / "full" / "t")
+    fast, _ = _stems(tmp_path / "fast" / "t")
+
+    mixture = torch.from_numpy(sf.read(source, dtype="float32")[0].T.copy())
+    alone = {}
+    for member in loaded.members:
+        solo = Bundle([Member(member.name, member.model, {s: 1.0 for s in bundles.SOURCES})], list(bundles.SOURCES))
+        alone[member.name] = Separator(solo, device="cpu", precision="float32").separate_tensor(mixture)
+    for stem in bundles.SOURCES:
+        want = sum(weights[stem] * alone[name][stem] for name, weights in bundles.FAST_BLEND.items())
+        np.testing.assert_allclose(fast[stem], want.T.numpy(), atol=1e-5, err_msg=stem)
+        if bundles.PAPER_BLEND["xumx"][stem]:  # the full blend gives X-UMX no weight for `other`
+            assert np.abs(fast[stem] - full[stem]).max() > 1e-3, stem
+        else:
+            np.testing.assert_allclose(fast[stem], full[stem], atol=1e-6, err_msg=stem)
+
+    # X-UMX's file out of the way: --fast separates the same, the full blend cannot start
+    (checkpoints / bundles.ORIGINAL_FILES["xumx"]).write_text("not TorchScript")
+    assert main(common + ["-o", str(tmp_path / "fast again"), "--fast"]) == 0
+    again, _ = _stems(tmp_path / "fast again" / "t")
+    for stem in bundles.SOURCES:  # (the bytes differ: a float wav's PEAK chunk holds a time stamp)
+        np.testing.assert_array_equal(again[stem], fast[stem], err_msg=stem)
+    assert main(common + ["-o", str(tmp_path / "full again")]) == 1
+    assert not (tmp_path / "full again").exists()
+
+
+def test_mp3_output_decodes_at_the_right_rate_length_and_channels(tmp_path, tiny_bundle):
+    import av
+
+    rate = 48000
+    source = tmp_path / "m.wav"
+    # unlike song()'s, these two channels differ, so that a swap or a copy of one would show
+    stereo = np.stack([song(3.0, rate, seed=8)[:, 0], song(3.0, rate, seed=9)[::-1, 1]], axis=1)
+    sf.write(source, stereo, rate, subtype="PCM_16")
+    common = ["separate", str(source), "--bundle", str(tiny_bundle), "--device", "cpu", "-q"]
+    assert main(common + ["-o", str(tmp_path / "mp3"), "--format", "mp3", "--mp3-bitrate", "128"]) == 0
+    assert main(common + ["-o", str(tmp_path / "wav"), "--bit-depth", "32"]) == 0
+    folder = tmp_path / "mp3" / "m"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{s}.mp3" for s in bundles.SOURCES)
+    reference, _ = _stems(tmp_path / "wav" / "m")
+    for stem in bundles.SOURCES:
+        path = folder / f"{stem}.mp3"
+        info = sf.info(path)
+        assert (info.format, info.samplerate, info.channels) == ("MP3", rate, 2), stem
+        # constant bitrate: ~128 kbps over 3 s, plus a header
+        assert abs(path.stat().st_size - 128_000 * 3 / 8) < 0.1 * 128_000 * 3 / 8
+        decoded, _ = sf.read(path)
+        # the LAME header lets a decoder drop the encoder delay and padding: ffmpeg's decoder
+        # (in PyAV) gives the exact length; allow libsndfile one MP3 frame in case it does not
+        assert abs(decoded.shape[0] - 3 * rate) <= 1152, (stem, decoded.shape)
+        with av.open(str(path)) as container:
+            frames = [f.to_ndarray() for f in container.decode(audio=0)]
+        assert sum(f.shape[-1] for f in frames) == 3 * rate, stem
+        assert {f.shape[0] for f in frames} == {2}, stem  # planar float: one row per channel
+        # the same stem as the float wav, up to the coding noise of 128 kbps (about 20 dB down)
+        want = reference[stem]
+        for channel in range(2):
+            error = decoded[:, channel] - want[:, channel]
+            snr = 10 * np.log10(np.sum(want[:, channel] ** 2) / np.sum(error**2))
+            assert snr > 12, (stem, channel, snr)
+            other = want[:, 1 - channel] - want[:, channel]
+            assert 10 * np.log10(np.sum(want[:, channel] ** 2) / np.sum(other**2)) < 6, "channels too alike"

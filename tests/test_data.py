@@ -311,6 +311,25 @@ def test_probabilities_zero_and_one():
     assert 0.35 < share < 0.65
 
 
+def test_sign_flip_draws_a_sign_per_item_and_source():
+    x = _batch(seed=3, batch=256, samples=64)
+    out = SignFlip(p=0.5)(x, generator=torch.Generator().manual_seed(7))
+    # every (item, source) is exactly the input or exactly its negative, all channels alike
+    kept = (out == x).flatten(2).all(dim=2)
+    flipped = (out == -x).flatten(2).all(dim=2)
+    assert bool((kept ^ flipped).all()), "a source is neither kept nor negated whole"
+    # each source is flipped in about half of the items (binomial, n=256: sd 0.031)
+    assert bool(((flipped.float().mean(dim=0) - 0.5).abs() < 0.15).all()), flipped.float().mean(dim=0)
+    # independently per source: two sources of an item agree about half of the time, and
+    # all four share a sign in about 1/8 of the items (one draw per item would give 1)
+    for a in range(4):
+        for b in range(a + 1, 4):
+            agree = (flipped[:, a] == flipped[:, b]).float().mean()
+            assert 0.35 < agree < 0.65, (a, b, agree)
+    same = (flipped.all(dim=1) | (~flipped).all(dim=1)).float().mean()
+    assert same < 0.3, same
+
+
 def test_remix_batch_permutes_each_source_across_the_batch():
     x = _batch(batch=8)
     out = RemixBatch()(x, generator=torch.Generator().manual_seed(0))

@@ -132,7 +132,13 @@ def test_options_are_checked():
     with pytest.raises(ValueError, match="segment"):
         EngineOptions(segment=0)
     assert engine.resolve_device("cpu") == CPU
-    assert engine.resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+@pytest.mark.parametrize("cuda,mps,want", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, want):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert engine.resolve_device("auto") == torch.device(want)
 
 
 def test_runner_layout_and_precision():
@@ -153,7 +159,7 @@ def test_runner_layout_and_precision():
     fast = ModelRunner(twin, torch.device("cpu"), EngineOptions(wiener_iterations=0, precision="bfloat16"))
     a, b = exact(chunk), fast(chunk)
     assert a.shape == b.shape == (4, 2, 30_000)
-    assert (a - b).norm() / a.norm() < 0.05
+    assert (a - b).norm() / a.norm() < 2e-2  # measured errors are 1e-3 to 6e-3 (test_precision.py)
     with pytest.raises(ValueError, match="precision"):
         EngineOptions(precision="float16")
 
@@ -181,7 +187,7 @@ def test_bfloat16_runs_a_copy_close_to_float32(name, kwargs):
     assert all(p.dtype == torch.bfloat16 for p in runner.model.parameters())
     fast = runner(chunk)
     assert fast.dtype == torch.float32 and fast.shape == exact.shape
-    assert (fast - exact).norm() / exact.norm() < 0.05
+    assert (fast - exact).norm() / exact.norm() < 2e-2
     assert not torch.equal(fast, exact)
     owner = ModelRunner(model, CPU, EngineOptions(precision="bfloat16"), own_model=True)
     assert owner.model is model and all(p.dtype == torch.bfloat16 for p in model.parameters())

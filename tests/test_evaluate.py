@@ -278,7 +278,6 @@ def test_cli_bad_inputs_give_one_line(root, tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.slow
 def test_cli_museval_report(root, tmp_path, capsys):
     out = tmp_path / "museval"
     code, err = _run(["evaluate", "--root", str(root), "--oracle", "irm1", "--metric", "museval",
@@ -303,7 +302,6 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_torchrun_ranks_share_tracks_and_rank0_merges(tmp_path):
     root = make_musdb_hq(tmp_path / "data", tracks=3, seconds=1.0, subsets=("test",), seed=5)
     out = tmp_path / "report"

@@ -3,6 +3,7 @@ resume after SIGKILL, DDP under torchrun, clear errors for bad data and configs.
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -34,16 +35,22 @@ def dataset_root(base: Path) -> Path:
     return root
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of its finished children."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
 def trained_run(base: Path, name: str) -> Path:
     """The run folder of configs/tiny/NAME trained for its 100 steps (trained once per session)."""
     run = base / "runs" / name
     done = run / "done.json"
     if not done.is_file():
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), _cpu_seconds()
         code = main(["train", str(TINY / f"{name}.json"), "--data", str(dataset_root(base)),
                      "--out", str(run), "-q", "--force"])
         assert code == 0
-        done.write_text(json.dumps({"seconds": time.monotonic() - started}))
+        done.write_text(json.dumps({"seconds": time.monotonic() - started, "cpu_seconds": _cpu_seconds() - cpu_started}))
     return run
 
 
@@ -89,11 +96,11 @@ def test_tiny_recipe_trains_100_steps(base, name):
 
 
 def test_the_three_recipes_train_fast_enough(base):
-    """Acceptance: the three tiny recipes, 100 steps each, within 2 minutes on 2 quiet cores.
-    Other work on the machine inflates this; the bound here is loose on purpose."""
-    seconds = {name: json.loads((trained_run(base, name) / "done.json").read_text())["seconds"] for name in DANNA}
-    print("training seconds:", {k: round(v, 1) for k, v in seconds.items()})
-    assert sum(seconds.values()) < 600
+    """Acceptance: the three tiny recipes, 100 steps each, within 2 minutes on 2 cores. CPU
+    time, which other work on the machine does not inflate: at most 2 x 120 s."""
+    cpu = {name: json.loads((trained_run(base, name) / "done.json").read_text())["cpu_seconds"] for name in DANNA}
+    print("training CPU seconds:", {k: round(v, 1) for k, v in cpu.items()})
+    assert sum(cpu.values()) < 2 * 120
 
 
 def test_sigkill_then_resume_repeats_the_uninterrupted_losses(base, tmp_path):
@@ -202,7 +209,11 @@ def _bad_dataset(tmp_path, problem):
     return root, track
 
 
-@pytest.mark.parametrize("problem,words", [("missing stem", "bass"), ("length", ""), ("rate", "")])
+@pytest.mark.parametrize("problem,words", [
+    ("missing stem", ": missing stem bass.wav"),
+    ("length", ": stems have different lengths ("),
+    ("rate", ": stems have different sample rates (drums.wav 22050 Hz"),
+])
 def test_bad_tracks_are_named_before_training(tmp_path, capsys, problem, words):
     root, track = _bad_dataset(tmp_path, problem)
     run = tmp_path / "run"
@@ -210,7 +221,8 @@ def test_bad_tracks_are_named_before_training(tmp_path, capsys, problem, words):
     err = capsys.readouterr().err
     assert code == 1
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert track.name in err and words in err
+    assert err.startswith(f"danna-sep: {track}{words}"), err
+    assert problem != "length" or "vocals.wav 22050 samples" in err
     assert not run.exists()
 
 
@@ -390,3 +402,175 @@ def test_data_loader_workers_draw_the_same_segments(base, tmp_path):
     with_workers = [r["loss"] for r in read_jsonl(tmp_path / "w" / "losses.jsonl")]
     without = [r["loss"] for r in read_jsonl(trained_run(base, "demucs_split") / "losses.jsonl")[:3]]
     assert with_workers == without
+
+
+# --- exact resume across epoch boundaries and a MultiStep milestone (issue 13) -------------
+
+def _boundary_config(base: Path, max_steps=None):
+    """Tiny Demucs, 3 epochs of 3 steps, the learning rate times 0.3 after epoch 2, best 2 kept."""
+    config = json.loads((TINY / "demucs_split.json").read_text())
+    config["data"]["root"] = str(dataset_root(base))
+    config["schedule"] = {"kind": "multistep", "milestones": [2], "gamma": 0.3}
+    config["train"].update(epochs=3, steps_per_epoch=3, checkpoint_every_steps=2, keep_best=2,
+                           amp=True, max_steps=max_steps)  # amp: a disabled GradScaler on the CPU
+    return config_from_dict(config)
+
+
+def _tensors_equal(a, b, where="") -> None:
+    """Nested dicts / lists of tensors and plain values, equal to the last bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and sorted(a, key=str) == sorted(b, key=str), where
+        for key in a:
+            _tensors_equal(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _without_seconds(path: Path) -> list:
+    return [{k: v for k, v in record.items() if k != "seconds"} for record in read_jsonl(path)]
+
+
+def test_resume_at_epoch_boundaries_across_a_milestone_equals_the_uninterrupted_run(base, tmp_path):
+    from danna_sep.train import train
+
+    whole = tmp_path / "whole"
+    train(_boundary_config(base), whole, progress=False)
+
+    cut = tmp_path / "cut"
+    train(_boundary_config(base, max_steps=3), cut, progress=False)  # stops at the end of epoch 1
+    state = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert state["progress"] == {"epoch": 1, "step_in_epoch": 0, "global_step": 3, "epoch_losses": []}
+    assert state["scheduler"]["last_epoch"] == 1 and state["optimizer"]["param_groups"][0]["lr"] == 0.003
+    # again at the end of epoch 2, right after the milestone
+    train(_boundary_config(base, max_steps=6), cut, resume=True, progress=False)
+    state = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert state["progress"]["epoch"] == 2 and state["progress"]["global_step"] == 6
+    assert state["scheduler"]["last_epoch"] == 2
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.003 * 0.3, rel=1e-12)
+    train(_boundary_config(base), cut, resume=True, progress=False)
+
+    ours = load_checkpoint(cut / "checkpoints" / "last.pt")
+    theirs = load_checkpoint(whole / "checkpoints" / "last.pt")
+    assert theirs["progress"] == {"epoch": 3, "step_in_epoch": 0, "global_step": 9, "epoch_losses": []}
+    assert state_digest(ours["state_dict"]) == state_digest(theirs["state_dict"])
+    for key in ("progress", "optimizer", "scheduler", "scaler", "best", "valid"):
+        _tensors_equal(ours[key], theirs[key], key)
+    assert ours["scheduler"]["_last_lr"] == theirs["scheduler"]["_last_lr"]
+    assert ours["scheduler"]["_last_lr"][0] == pytest.approx(0.003 * 0.3, rel=1e-12)
+
+    # The milestone falls inside the run: epochs 1-2 at the base rate, epoch 3 at 0.3 of it.
+    losses = read_jsonl(whole / "losses.jsonl")
+    assert [r["lr"] == 0.003 for r in losses] == [True] * 6 + [False] * 3
+    assert read_jsonl(cut / "losses.jsonl") == losses
+    metrics = _without_seconds(whole / "metrics.jsonl")
+    assert [(m["epoch"], m["step"], m["complete"]) for m in metrics] == [(1, 3, True), (2, 6, True), (3, 9, True)]
+    assert _without_seconds(cut / "metrics.jsonl") == metrics
+
+    # best-k: the table, its file and the files beside it
+    best = json.loads((whole / "checkpoints" / "best.json").read_text())
+    assert len(best) == 2 and best == ours["best"]
+    assert json.loads((cut / "checkpoints" / "best.json").read_text()) == best
+    names = sorted(p.name for p in (whole / "checkpoints").glob("best-*.pt"))
+    assert names == sorted(e["file"] for e in best)
+    assert sorted(p.name for p in (cut / "checkpoints").glob("best-*.pt")) == names
+    for name in names:
+        a = load_checkpoint(cut / "checkpoints" / name)["state_dict"]
+        b = load_checkpoint(whole / "checkpoints" / name)["state_dict"]
+        assert state_digest(a) == state_digest(b), name
+    assert json.loads((cut / "config.json").read_text()) == json.loads((whole / "config.json").read_text())
+
+
+# --- DDP: two processes at batch b equal one process at batch 2b (issue 13) -----------------
+
+def _fit_recording(config_dict: dict, run: Path, out: Path, tag: str) -> None:
+    """Train `config_dict` into `run` on the CPU; write this process's micro-batches (segment
+    indices per epoch, as the trainer deals them out), first and last weights to out/TAG.*."""
+    from danna_sep.train import Trainer
+
+    config = config_from_dict(config_dict)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        trainer = Trainer(config, run, device="cpu", progress=False)
+        initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        batches = [trainer._epoch_batches(epoch) for epoch in range(config.train.epochs)]
+        summary = trainer.fit()
+    finally:  # the Trainer switches deterministic algorithms on for the process
+        torch.use_deterministic_algorithms(deterministic)
+    steps = config.train.steps_per_epoch * config.train.accumulation
+    (out / f"{tag}.json").write_text(json.dumps({"batches": [b[:steps] for b in batches],
+                                                 "steps": summary.steps}))
+    final = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    torch.save({"initial": initial, "final": final}, out / f"{tag}.pt")
+
+
+def _ddp_rank(rank: int, world: int, config_dict: dict, run: Path, out: Path) -> None:
+    """One process of a gloo group joined through a file store (no port to pick)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+    from danna_sep.distributed import leave_process_group
+
+    torch.set_num_threads(1)
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    dist.init_process_group("gloo", init_method=f"file://{out / 'store'}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=120))
+    _fit_recording(config_dict, run, out, f"rank{rank}")
+    leave_process_group()
+    # As `cli.run` does under torchrun: no interpreter teardown while gloo threads may still run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def test_ddp_two_ranks_equal_one_process_with_the_doubled_batch(base, tmp_path):
+    import torch.multiprocessing as mp
+
+    config = json.loads((TINY / "demucs_split.json").read_text())
+    config["data"]["root"] = str(dataset_root(base))
+    config["data"]["augment"] = []  # augmentations draw from a per-rank seed: off, so data depends on the index only
+    config["train"].update(epochs=2, steps_per_epoch=2, accumulation=1, validate=False, keep_best=0,
+                           checkpoint_every_steps=None, amp=False)
+    b = 2
+    out = tmp_path / "out"
+    out.mkdir()
+    ddp = dict(config, train=dict(config["train"], batch_size=b))
+    mp.spawn(_ddp_rank, args=(2, ddp, tmp_path / "ddp", out), nprocs=2, join=True)
+    alone = dict(config, train=dict(config["train"], batch_size=2 * b))
+    _fit_recording(alone, tmp_path / "alone", out, "single")
+
+    records = {tag: json.loads((out / f"{tag}.json").read_text()) for tag in ("rank0", "rank1", "single")}
+    assert records["rank0"]["steps"] == records["rank1"]["steps"] == records["single"]["steps"] == 4
+    # The same data order: each step, the two ranks' items together are the single process's batch.
+    for epoch in range(2):
+        ranks = [records[f"rank{r}"]["batches"][epoch] for r in (0, 1)]
+        single = records["single"]["batches"][epoch]
+        assert len(single) == 2 and all(len(batches) == 2 for batches in ranks)
+        for step in range(2):
+            first, second = ranks[0][step], ranks[1][step]
+            assert len(first) == len(second) == b and not set(first) & set(second)
+            assert sorted(first + second) == sorted(single[step])
+
+    weights = {tag: torch.load(out / f"{tag}.pt") for tag in ("rank0", "rank1", "single")}
+    assert state_digest(weights["rank0"]["initial"]) == state_digest(weights["single"]["initial"])
+    rank0, rank1, single = (weights[tag]["final"] for tag in ("rank0", "rank1", "single"))
+    assert state_digest(rank0) == state_digest(rank1), "the ranks hold different weights"
+    # Adam moves each weight by about lr (0.003) a step: 4 steps leave far more than the tolerance
+    moved = max(float((single[k] - weights["single"]["initial"][k]).abs().max()) for k in single)
+    assert moved > 1e-3
+    for name, value in single.items():
+        torch.testing.assert_close(rank0[name], value, rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+    saved = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
+    assert state_digest(saved["state_dict"]) == state_digest(rank0)
+    ranks_json = json.loads((tmp_path / "ddp" / "ranks.json").read_text())
+    assert ranks_json["world_size"] == 2 and len(set(ranks_json["weights_sha256"])) == 1
+    # rank 0 logs the mean loss over both ranks: the loss of the doubled batch
+    ddp_losses = [r["loss"] for r in read_jsonl(tmp_path / "ddp" / "losses.jsonl")]
+    single_losses = [r["loss"] for r in read_jsonl(tmp_path / "alone" / "losses.jsonl")]
+    assert len(ddp_losses) == 4
+    np.testing.assert_allclose(ddp_losses, single_losses, rtol=1e-5)

@@ -606,10 +606,35 @@ def _make_parent(path: Path) -> Path:
     return parent
 
 
+def _process_is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists, under another user
+        return False
+    return False
+
+
+def _remove_stale_temporaries(parent: Path, name: str, extension: str) -> None:
+    """Delete temporaries of `name` left by a process of this machine that no longer runs
+    (killed while encoding): their names carry the writer's pid."""
+    for leftover in parent.glob(f".{name}.tmp-*-*.{extension}"):
+        pid = leftover.name[len(name) + 6:].split("-", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and _process_is_gone(int(pid)):
+            log.info("removing %s, left by a killed run", leftover)
+            try:
+                leftover.unlink()
+            except OSError:
+                pass
+
+
 def _reserve_temporary(parent: Path, name: str, extension: str) -> Path:
-    """Create an empty hidden temporary file next to the target (permissions from umask)."""
+    """Create an empty hidden temporary file next to the target (permissions from umask),
+    after removing any a killed writer of the same target left."""
+    _remove_stale_temporaries(parent, name, extension)
     for _ in range(16):
-        candidate = parent / f".{name}.tmp-{secrets.token_hex(4)}.{extension}"
+        candidate = parent / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}.{extension}"
         try:
             fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:

@@ -171,7 +171,9 @@ class Separator:
         then each stem is scaled as `output.clip` says, resampled to the output rate, cut to
         the input's exact length and encoded (pass 2). Every file goes to a temporary name and
         is renamed only when all of them are complete; on any error, or an interrupt, nothing
-        of this track is left behind. `progress(done, total)` follows pass 1.
+        of this track is left behind. `progress(done, total)` follows pass 1, and is called
+        again with pass 1's last values after each encoded block, so a callback that raises
+        stops the track in either pass.
         """
         return _write_stems(self, path, targets, output or OutputOptions(), progress)
 
@@ -261,7 +263,15 @@ def _write_stems(
     try:
         # Pass 1: separate into float spools at 44.1 kHz, noting the peak for `rescale`.
         peak = 0.0
-        for _, block in separator.stream(track, progress):
+        seen = [0, 0]  # the last (done, total) given to `report`, repeated while encoding
+        report = progress or separator.progress
+
+        def follow(done: int, total: int) -> None:
+            seen[:] = [done, total]
+            if report is not None:
+                report(done, total)
+
+        for _, block in separator.stream(track, follow):
             for name, spool in spools.items():
                 stem = _stem_block(block, sources, name)
                 peak = max(peak, float(stem.abs().max()))
@@ -293,6 +303,8 @@ def _write_stems(
                     stem = torch.nn.functional.pad(stem, [0, room - stem.shape[-1]])
                 if stem.shape[-1]:
                     writer.write(stem)
+                if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
+                    report(*seen)
             spools[name].close()
         for name, writer in writers.items():
             committed.append(writer.commit())
