@@ -212,6 +212,17 @@ def test_shifts_average_the_separation_over_the_seeded_random_offsets(tmp_path, 
         assert np.abs(shifted[stem] - plain[stem]).max() > 1e-3, stem
 
 
+def test_fast_without_checkpoints_is_a_usage_error(tmp_path, capsys):
+    """--fast picks members of the original checkpoints; alone it would be silently ignored."""
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    code = main(["separate", str(source), "--fast", "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().splitlines() == [
+        "danna-sep: --fast picks members of the original checkpoints: give --checkpoints too"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_fast_runs_the_original_unet_and_demucs_only(tmp_path, tiny_bundle):
     """--fast with --checkpoints: the U-Net and Demucs files blended with the paper's fast table;
     the X-UMX file is neither needed nor read."""

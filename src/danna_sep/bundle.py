@@ -324,12 +324,6 @@ def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
     return Bundle(members=members, sources=list(SOURCES), origin=str(root))
 
 
-def default_checkpoints_dir() -> Path:
-    """`$DANNA_CHECKPOINTS`, else `~/danna-sep-checkpoints`."""
-    env = os.environ.get("DANNA_CHECKPOINTS")
-    return Path(env) if env else Path.home() / "danna-sep-checkpoints"
-
-
 def _export_onnx(model: nn.Module, path: str) -> None:
     """X-UMX to ONNX with a variable number of frames (needs the `onnx` package)."""
     import warnings

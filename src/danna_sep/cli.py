@@ -132,6 +132,9 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         print("danna-sep: --jobs must be 1 or more", file=sys.stderr)
         return 2
+    if args.fast and args.checkpoints is None:
+        print("danna-sep: --fast picks members of the original checkpoints: give --checkpoints too", file=sys.stderr)
+        return 2
     files, problems = _collect_inputs(args.inputs)
     for line in problems:
         print(f"danna-sep: {line}", file=sys.stderr)
