@@ -299,3 +299,43 @@ def test_mp3_output_decodes_at_the_right_rate_length_and_channels(tmp_path, tiny
             assert snr > 12, (stem, channel, snr)
             other = want[:, 1 - channel] - want[:, channel]
             assert 10 * np.log10(np.sum(want[:, channel] ** 2) / np.sum(other**2)) < 6, "channels too alike"
+
+
+@pytest.mark.parametrize("extra,words", [
+    (["--mp3-bitrate", "999", "--format", "mp3"], "argument --mp3-bitrate: 999 is out of range (from 8 to 320 kbps)"),
+    (["--samplerate", "7"], "argument --samplerate: 7 is out of range (from 8000 to 384000 Hz)"),
+    (["--overlap", "0.9"], "argument --overlap: 0.9 is out of range (from 0 to 0.5)"),
+    (["--segment", "0.1"], "argument --segment: 0.1 is out of range (from 1 to 600 s)"),
+    (["--segment", "nan"], "argument --segment: nan is out of range (from 1 to 600 s)"),
+    (["--shifts", "two"], "argument --shifts: 'two' is not an integer"),
+    (["-j", "0"], "argument -j/--jobs: 0 is out of range (from 1 to 64)"),
+    (["--format", "mp3", "--bit-depth", "24"], "--bit-depth is for wav and flac: mp3 has no bit depth"),
+    (["--mp3-bitrate", "128"], "--mp3-bitrate is for --format mp3, not wav"),
+    (["--format", "flac", "--bit-depth", "32"], "flac takes --bit-depth 16 or 24"),
+    (["--stems", "drums", "--two-stems", "vocals"], "--stems and --two-stems exclude each other"),
+    (["--filename", "{trackext}/{stem}.{ext}"], "--filename '{trackext}/{stem}.{ext}': unknown field {trackext}"),
+    (["--filename", "{track"], "--filename '{track': expected '}' before end of string"),
+    (["--filename", "{track}.{ext}"], "--filename '{track}.{ext}': needs {stem}"),
+    (["--device", "gpu"], "--device gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
+    (["--device", "mps"], "--device mps: Apple's MPS is not available on this machine"),
+])
+def test_usage_errors_are_one_line_and_come_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, words):
+    """Exit 2 with one line naming the problem, before the bundle is even looked for: the
+    bundle named here does not exist, so a check made after loading would say that instead."""
+    import torch
+
+    if "mps" in extra:
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    argv = ["separate", str(source), "-o", str(tmp_path / "out"), "--bundle", str(tmp_path / "no-bundle")] + extra
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert words in err, err
+    assert "no-bundle" not in err
+    assert not (tmp_path / "out").exists()

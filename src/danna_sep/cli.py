@@ -33,6 +33,92 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (`danna-sep separate: ...`) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _ranged(kind: Callable[[str], float], low: Optional[float] = None, high: Optional[float] = None,
+            unit: str = "") -> Callable[[str], float]:
+    """An argparse type: `kind(text)` within [low, high], refused with the range otherwise."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                bounds = f"at least {low:g}{unit}"
+            elif low is None:
+                bounds = f"at most {high:g}{unit}"
+            else:
+                bounds = f"from {low:g} to {high:g}{unit}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bounds})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+TEMPLATE_FIELDS = ("track", "stem", "ext")
+
+
+def _template_problem(template: str) -> Optional[str]:
+    """Why `template` cannot name the output files, or None."""
+    import string
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        return f"--filename {template!r}: {error}"
+    unknown = sorted({f for f in fields if f not in TEMPLATE_FIELDS})
+    if unknown:
+        return (f"--filename {template!r}: unknown field {{{unknown[0]}}} "
+                f"(fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
+    if "stem" not in fields:
+        return f"--filename {template!r}: needs {{stem}}, or every stem would go to the same file"
+    return None
+
+
+def _device_problem(device: str) -> Optional[str]:
+    """Why `device` cannot run here, or None (checked before any model loads)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+        return f"--device {device}: not a device (auto, cpu, cuda, cuda:N or mps)"
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"--device {device}: CUDA is not available on this machine"
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if device == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            return "--device mps: Apple's MPS is not available on this machine"
+    return None
+
+
+def _separate_usage_problem(args: argparse.Namespace) -> Optional[str]:
+    """The first usage error of a `separate` call, found before anything loads; None if none."""
+    if args.stems and args.two_stems:
+        return "--stems and --two-stems exclude each other"
+    if args.fast and args.checkpoints is None:
+        return "--fast picks members of the original checkpoints: give --checkpoints too"
+    if args.format == "mp3" and args.bit_depth is not None:
+        return "--bit-depth is for wav and flac: mp3 has no bit depth (see --mp3-bitrate)"
+    if args.format == "flac" and args.bit_depth == 32:
+        return "flac takes --bit-depth 16 or 24"
+    if args.format != "mp3" and args.mp3_bitrate is not None:
+        return f"--mp3-bitrate is for --format mp3, not {args.format}"
+    return _template_problem(args.filename) or _device_problem(args.device)
+
+
 def _comma_list(text: str) -> List[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -85,7 +171,7 @@ def _separate_one(args, separator, path: Path, wanted: List[str], position: int,
     from .separator import OutputOptions
 
     targets = _stem_paths(args, path, wanted)
-    output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate,
+    output = OutputOptions(format=args.format, bit_depth=args.bit_depth or 16, mp3_bitrate=args.mp3_bitrate or 320,
                            samplerate=args.samplerate, clip=args.clip, force=args.force)
     started = time.monotonic()
     bar = None
@@ -126,14 +212,9 @@ def _cmd_separate(args: argparse.Namespace) -> int:
     from .bundle import BundleError
     from .separator import Separator
 
-    if args.format == "flac" and args.bit_depth == 32:
-        print("danna-sep: flac takes --bit-depth 16 or 24", file=sys.stderr)
-        return 2
-    if args.jobs < 1:
-        print("danna-sep: --jobs must be 1 or more", file=sys.stderr)
-        return 2
-    if args.fast and args.checkpoints is None:
-        print("danna-sep: --fast picks members of the original checkpoints: give --checkpoints too", file=sys.stderr)
+    problem = _separate_usage_problem(args)
+    if problem is not None:
+        print(f"danna-sep: {problem}", file=sys.stderr)
         return 2
     files, problems = _collect_inputs(args.inputs)
     for line in problems:
@@ -221,7 +302,7 @@ EXTRA_COMMANDS = ("corpus", "train", "export", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="danna-sep",
         description="Split songs into drums, bass, other and vocals.",
     )
@@ -248,24 +329,29 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--filename", default="{track}/{stem}.{ext}",
                       help="output path template with {track}, {stem}, {ext} (default: %(default)s)")
     what.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
-    what.add_argument("--bit-depth", type=int, choices=[16, 24, 32], default=16,
-                      help="16 or 24 bit PCM, or 32 bit float (wav only)")
-    what.add_argument("--mp3-bitrate", type=int, default=320, help="kbps (default: %(default)s)")
-    what.add_argument("--samplerate", type=int, default=None, help="output rate (default: the input's)")
+    what.add_argument("--bit-depth", type=int, choices=[16, 24, 32], default=None,
+                      help="16 or 24 bit PCM, or 32 bit float (wav only) (default: 16)")
+    what.add_argument("--mp3-bitrate", type=_ranged(int, 8, 320, " kbps"), default=None,
+                      help="with --format mp3, 8 to 320 kbps (default: 320)")
+    what.add_argument("--samplerate", type=_ranged(int, 8000, 384000, " Hz"), default=None,
+                      help="output rate, 8000 to 384000 Hz (default: the input's)")
     what.add_argument("--clip", choices=["rescale", "clamp", "none"], default="rescale",
                       help="rescale: all stems of a track scaled together below full scale; "
                            "clamp: clip each sample; none: exact floats (default: %(default)s)")
     what.add_argument("--force", action="store_true", help="overwrite existing outputs")
     how = p_sep.add_argument_group("processing")
     how.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    how.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
-    how.add_argument("--overlap", type=float, default=0.25, help="overlap between segments, 0 to 0.5 (default: %(default)s)")
-    how.add_argument("--shifts", type=int, default=0, help="random shifts per segment (default: %(default)s)")
+    how.add_argument("--segment", type=_ranged(float, 1.0, 600.0, " s"), default=10.0,
+                     help="segment length, 1 to 600 seconds (default: %(default)s)")
+    how.add_argument("--overlap", type=_ranged(float, 0.0, 0.5), default=0.25,
+                     help="overlap between segments, 0 to 0.5 (default: %(default)s)")
+    how.add_argument("--shifts", type=_ranged(int, 0, 100), default=0,
+                     help="random shifts per segment, 0 to 100 (default: %(default)s)")
     how.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
                      help="the networks' arithmetic: bfloat16 is about twice as fast on CPUs with "
                           "native bfloat16 (AVX512-BF16, AMX), float32 reproduces the models exactly; "
                           "auto picks bfloat16 on such CPUs, float32 elsewhere (default: %(default)s)")
-    how.add_argument("-j", "--jobs", type=int, default=1,
+    how.add_argument("-j", "--jobs", type=_ranged(int, 1, 64), default=1,
                      help="tracks separated at once, sharing the CPU cores (default: %(default)s)")
     p_sep.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
     p_sep.set_defaults(handler=_cmd_separate)
