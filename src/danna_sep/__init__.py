@@ -11,7 +11,13 @@ __version__ = "0.1.0"
 #: Source order everywhere: model outputs, bundles, stems.
 SOURCES: List[str] = ["drums", "bass", "other", "vocals"]
 
-__all__ = ["SOURCES", "Separator", "load_bundle", "__version__"]
+#: The rate every model, bundle, corpus and spool works at (MUSDB18's).
+SAMPLERATE = 44100
+
+#: The epsilon of the Music Demixing Challenge's SDR, in the metric, the loss and the blend fit.
+MDX_EPS = 1e-7
+
+__all__ = ["SOURCES", "SAMPLERATE", "Separator", "load_bundle", "__version__"]
 
 
 def __getattr__(name: str):

@@ -26,14 +26,14 @@ import soundfile
 import soxr
 import torch
 
+from . import SAMPLERATE
+
 if TYPE_CHECKING:  # pragma: no cover
     from .spool import Spool
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-
-SAMPLERATE = 44100
 
 #: Lower-case file extensions (with the leading dot, as `Path.suffix` gives them) that a
 #: folder scan treats as audio. ".stem.mp4" is covered by ".mp4".

@@ -22,11 +22,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .spectral import SAMPLERATE
+from . import MDX_EPS, SAMPLERATE
 
 log = logging.getLogger(__name__)
-
-MDX_EPS = 1e-7
 
 
 @dataclass

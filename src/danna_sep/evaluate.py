@@ -43,7 +43,7 @@ from typing import Callable, Dict, Iterable, List, Literal, Mapping, Optional, S
 
 import numpy as np
 
-from .models import SOURCES
+from . import MDX_EPS, SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ METRICS = ("sdr", "museval")
 ORACLES = ("irm1", "irm2", "mwf", "mixture")
 #: The scores each metric gives per track and source.
 METRIC_NAMES: Dict[str, tuple] = {"sdr": ("SDR",), "museval": ("SDR", "SIR", "ISR", "SAR")}
-MDX_EPS = 1e-7
 MASK_EPS = 1e-10
 
 # (track's stems {"drums": (C, n), ..., "mixture": (C, n)}, sample rate) -> (sources, C, n)

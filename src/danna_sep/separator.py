@@ -12,13 +12,13 @@ from typing import Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from . import SAMPLERATE
 from .bundle import Bundle, BundleError, load_bundle, load_original
 from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device,
                      resolve_precision, stream)
 
 log = logging.getLogger(__name__)
 
-SAMPLERATE = 44100
 PRETRAINED = Path(__file__).parent / "pretrained"
 
 

@@ -11,9 +11,10 @@ import math
 
 import torch
 
+from . import SAMPLERATE
+
 N_FFT = 4096
 HOP = 1024
-SAMPLERATE = 44100
 
 
 def _window(n_fft: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -7,9 +7,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .. import SOURCES  # one list for the whole package
-
-SAMPLERATE = 44100
+from .. import SAMPLERATE, SOURCES  # one home each for the whole package
 
 
 @torch.no_grad()

@@ -26,14 +26,13 @@ from typing import Dict, List, Literal, Tuple
 
 import torch
 
-from .. import spectral
+from .. import MDX_EPS, spectral
 from ..wiener import apply_wiener
 
 LossKind = Literal["closs", "l1", "l2", "mse_mag", "mse_mask"]
 LOSS_KINDS: Tuple[str, ...] = ("closs", "l1", "l2", "mse_mag", "mse_mask")
 
 WSDR_EPS = 1e-10
-MDX_EPS = 1e-7
 # Floor of a squared norm before its square root: keeps the gradient of an exactly
 # silent estimate finite (sqrt'(0) is infinite) while changing no value above 1e-15.
 _NORM_FLOOR = 1e-30

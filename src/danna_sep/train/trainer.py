@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import __version__, models, spectral
+from .. import SAMPLERATE, __version__, models, spectral
 from ..distributed import leave_process_group
 from ..models import SOURCES
 from . import losses as L
@@ -56,7 +56,6 @@ from .config import Config, ConfigError, augment_arguments, config_from_dict, co
 
 log = logging.getLogger(__name__)
 
-SAMPLERATE = 44100
 # Keys a resumed run may change: where the data is, how long to go on, how often to save.
 RESUMABLE_CHANGES = {"data.root", "train.epochs", "train.max_steps", "train.num_workers",
                      "train.checkpoint_every_steps", "train.keep_best"}
@@ -165,10 +164,6 @@ class _Progress:
 
 
 # --- model helpers -----------------------------------------------------------------------
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
 
 def load_initial_weights(model: nn.Module, name: str, kwargs: Dict[str, Any], path: str | os.PathLike) -> None:
     """Load `path` into `model`: our checkpoints, bundle safetensors, or upstream X-UMX / UMX files."""

@@ -28,11 +28,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ... import SAMPLERATE
 from .compose import Part
 
 log = logging.getLogger(__name__)
 
-SAMPLERATE = 44100
 DEFAULT_SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 _BLOCK = 4096  # the longest stretch rendered in one call when no event comes sooner
 FLUID_BLOCK = 64  # FluidSynth's internal block (FLUID_BUFSIZE): voices start on this grid

@@ -17,7 +17,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
-SAMPLERATE = 44100  # the corpus rate (render.SAMPLERATE; not imported: render imports compose, which imports this)
+from ... import SAMPLERATE
 
 SYNTH_BANK = 1000  # not a MIDI bank: marks parts this module plays
 
