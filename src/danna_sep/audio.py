@@ -27,6 +27,7 @@ import soxr
 import torch
 
 from . import SAMPLERATE
+from .errors import DannaSepError
 
 if TYPE_CHECKING:  # pragma: no cover
     from .spool import Spool
@@ -64,7 +65,7 @@ _UNKNOWN_SIZE = 0x7FFF0000
 _ITU_WEIGHT = 1.0 / math.sqrt(2.0)
 
 
-class AudioError(ValueError):
+class AudioError(DannaSepError):
     """A problem with an audio file: one line that names the file and the problem."""
 
 

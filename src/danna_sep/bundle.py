@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import __version__, models
+from .errors import USAGE, DannaSepError
 from .models import SOURCES
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ def _load_onnx_xumx(path: Path) -> nn.Module:
         raise BundleError(f"{path}: not a readable ONNX file ({first})") from None
 
 
-class BundleError(ValueError):
+class BundleError(DannaSepError):
     """A bundle that cannot be loaded; the message names the file and the problem."""
 
 

@@ -16,12 +16,13 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
+from .errors import DannaSepError
 from .models import SOURCES
 
 StateDict = Dict[str, torch.Tensor]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DannaSepError):
     """A checkpoint file that cannot be read or converted; the message names the file."""
 
 

@@ -44,6 +44,7 @@ from typing import Callable, Dict, Iterable, List, Literal, Mapping, Optional, S
 import numpy as np
 
 from . import MDX_EPS, SOURCES
+from .errors import DannaSepError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ Estimator = Callable[[Mapping[str, "object"], int], "object"]
 ProgressFn = Callable[[int, int], None]
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DannaSepError):
     """A problem with an evaluation's input or output: one line that starts with the path."""
 
 

@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import models
 from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
+from .errors import DannaSepError
 from .models import SOURCES
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 BlendSpec = Union[str, Dict[str, Any], List[Any], None]
 
 
-class ExportError(ValueError):
+class ExportError(DannaSepError):
     """An input or option that cannot be exported; the message starts with the path or option."""
 
 

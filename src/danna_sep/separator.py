@@ -14,6 +14,7 @@ import torch
 
 from . import SAMPLERATE
 from .bundle import Bundle, BundleError, load_bundle, load_original
+from .errors import USAGE
 from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device,
                      resolve_precision, stream)
 
@@ -75,7 +76,8 @@ def resolve_bundle(
     if str(bundle) == "default":
         raise BundleError(
             f"no default bundle installed ({shipped} is missing; reinstall danna-sep): pass "
-            "--bundle PATH (a danna-sep bundle) or --checkpoints DIR (the original tool's TorchScript files)"
+            "--bundle PATH (a danna-sep bundle) or --checkpoints DIR (the original tool's TorchScript files)",
+            exit_code=USAGE,
         )
     raise BundleError(f"{bundle}: no such bundle folder or shipped bundle")
 

@@ -19,6 +19,7 @@ import numpy as np
 import soundfile
 import torch
 
+from ..errors import DannaSepError
 from ..models import SOURCES
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ STEM_EXTENSIONS: Tuple[str, ...] = (".wav", ".flac")
 MIXTURE = "mixture"
 
 
-class DataError(ValueError):
+class DataError(DannaSepError):
     """A problem with a dataset: one line that starts with the offending track or root path."""
 
 

@@ -21,11 +21,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import DannaSepError
+
 FORMAT = "danna-sep-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointFileError(ValueError):
+class CheckpointFileError(DannaSepError):
     """A checkpoint that cannot be read; the message starts with its path."""
 
 

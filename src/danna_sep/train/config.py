@@ -17,13 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
+from ..errors import USAGE, DannaSepError
 from .losses import LossKind
 
 AugmentSpec = Union[str, Dict[str, Any]]
 
 
-class ConfigError(ValueError):
+class ConfigError(DannaSepError):
     """A configuration that cannot be used; the message starts with the file and names the key."""
+
+    exit_code = USAGE
 
 
 @dataclass

@@ -37,6 +37,7 @@ from torch import nn
 
 from .. import SAMPLERATE, __version__, models, spectral
 from ..distributed import leave_process_group
+from ..errors import DannaSepError
 from ..models import SOURCES
 from . import losses as L
 from .checkpoint import (
@@ -61,7 +62,7 @@ RESUMABLE_CHANGES = {"data.root", "train.epochs", "train.max_steps", "train.num_
                      "train.checkpoint_every_steps", "train.keep_best"}
 
 
-class TrainError(ValueError):
+class TrainError(DannaSepError):
     """A run that cannot start or continue; the message starts with the path concerned."""
 
 

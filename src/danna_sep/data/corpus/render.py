@@ -29,6 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ... import SAMPLERATE
+from ...errors import USAGE, DannaSepError
 from .compose import Part
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,12 @@ FLUID_BLOCK = 64  # FluidSynth's internal block (FLUID_BUFSIZE): voices start on
 _SYNTH_GAIN = 0.4
 
 
-class CorpusError(Exception):
-    """A problem making the corpus; the message is one line naming what failed."""
+class CorpusError(DannaSepError):
+    """A problem making the corpus; the message is one line naming what failed. One that
+    reaches the command line (a missing soundfont or program) stopped the run before it
+    rendered anything: exit code 2."""
+
+    exit_code = USAGE
 
 
 class DependencyError(CorpusError):
