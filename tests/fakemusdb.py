@@ -102,10 +102,11 @@ def write_track(folder: Path, stems: Dict[str, np.ndarray], samplerate: int,
     return folder
 
 
-def track_names(subset: str, tracks: int) -> list:
+def track_names(subset: str, tracks: int, musdb_names: bool = True) -> list:
     """Names of the fake tracks of a subset: in "train", the last quarter (at least one
-    track when there are two or more) carries MUSDB18 validation names."""
-    if subset != "train" or tracks < 2:
+    track when there are two or more) carries MUSDB18 validation names, unless not
+    `musdb_names` (a stems folder with no validation list)."""
+    if subset != "train" or tracks < 2 or not musdb_names:
         return [f"Fake Artist {i:02d} - {subset.title()} Song" for i in range(tracks)]
     valid = min(len(VALIDATION_NAMES), max(1, tracks // 4))
     plain = [f"Fake Artist {i:02d} - Train Song" for i in range(tracks - valid)]
@@ -119,15 +120,18 @@ def make_musdb_hq(
     subsets: Sequence[str] = ("train", "test"),
     seed: int = 0,
     samplerate: int = 44100,
+    musdb_names: bool = True,
 ) -> Path:
     """Write `root/{subset}/{track}/{mixture,drums,bass,other,vocals}.wav` and return root.
 
     `tracks` per subset; in "train", 4 tracks split into 3 train + 1 MUSDB18 validation
-    track ("Actions - One Minute Smile"). Tracks differ by seed; lengths are all `seconds`.
+    track ("Actions - One Minute Smile"), or with `musdb_names=False` all get plain names
+    (no validation list: training holds some out). Tracks differ by seed; lengths are all
+    `seconds`.
     """
     root = Path(root)
     for s_index, subset in enumerate(subsets):
-        for t_index, name in enumerate(track_names(subset, tracks)):
+        for t_index, name in enumerate(track_names(subset, tracks, musdb_names)):
             stems = synth_stems(seconds, samplerate, seed=seed * 1000 + s_index * 100 + t_index)
             write_track(root / subset / name, stems, samplerate)
     return root

@@ -23,7 +23,9 @@ from danna_sep.data import (
     change_speed,
     find_tracks,
     pitch_shift,
+    validation_split,
 )
+from danna_sep.data.tracks import held_out, holdout_count
 from fakemusdb import STEMS, make_musdb_hq, synth_stems, write_stem_mp4, write_streams_mp4, write_track
 
 SR = 44100
@@ -72,10 +74,54 @@ def test_plain_folder_of_tracks_with_valid_list(tmp_path):
     root = _plain_folder(tmp_path / "stems", ["a", "b", "c"])
     tracks = find_tracks(root, subset="test")  # subset is ignored without train/ and test/
     assert [t.name for t in tracks] == ["a", "b", "c"]
-    assert find_tracks(root, split="valid") == []
+    # no list: one track held out by the seeded hash, the others train
+    held = [t.name for t in find_tracks(root, split="valid")]
+    assert held == held_out(["a", "b", "c"], 1) and len(held) == 1
+    assert sorted(held + [t.name for t in find_tracks(root, split="train")]) == ["a", "b", "c"]
+    assert validation_split(root).origin == "held out"
     (root / "valid.txt").write_text("# held out\nb\n\n")
     assert [t.name for t in find_tracks(root, split="valid")] == ["b"]
     assert [t.name for t in find_tracks(root, split="train")] == ["a", "c"]
+    assert validation_split(root).origin == "list"
+
+
+def test_a_folder_without_a_validation_list_holds_out_a_fixed_seeded_few(tmp_path):
+    """train/ + test/ with no valid.txt and no MUSDB18 names: the split is a seeded few of
+    train/, the same on every call, disjoint from the training tracks, never the test subset."""
+    root = make_musdb_hq(tmp_path / "stems", tracks=12, seconds=0.05, musdb_names=False)
+    names = [p.name for p in sorted((root / "train").iterdir())]
+    split = validation_split(root)
+    assert split.origin == "held out" and split.folder == root / "train" and len(split.names) == 1
+    valid = find_tracks(root, "train", split="valid")
+    train = find_tracks(root, "train", split="train")
+    assert [t.name for t in valid] == sorted(split.names) == held_out(names, 1)
+    assert {t.name for t in valid}.isdisjoint(t.name for t in train)
+    assert len(valid) + len(train) == 12
+    assert [t.name for t in find_tracks(root, "train", split="valid")] == [t.name for t in valid]
+    three = find_tracks(root, "train", split="valid", holdout=3)
+    assert len(three) == 3 and len(find_tracks(root, "train", split="train", holdout=3)) == 9
+    # the hash, not the name order, picks: not simply the first tracks by name
+    assert [t.name for t in three] != names[:3]
+    assert held_out(names, 3) == held_out(list(reversed(names)), 3)  # order of listing is irrelevant
+    assert held_out(names, 3, seed=1) != held_out(names, 3)
+    # a new track changes the choice only by taking a place itself
+    for extra in ("Another Song", "Yet Another Song", "A Third Song", "A Fourth Song"):
+        chosen = held_out(names + [extra], 3)
+        assert chosen == held_out(names, 3) or extra in chosen
+    assert [holdout_count(n) for n in (1, 9, 10, 25, 100, 1000)] == [1, 1, 1, 2, 10, 10]
+    with pytest.raises(DataError, match=r"/train: 12 track\(s\), too few to hold 12 out for validation"):
+        find_tracks(root, "train", split="train", holdout=12)
+
+
+def test_musdb_names_or_a_valid_list_beat_the_hold_out(tmp_path, musdb_root):
+    assert validation_split(musdb_root).origin == "musdb"
+    assert validation_split(musdb_root).names == set(MUSDB_VALIDATION)
+    root = make_musdb_hq(tmp_path / "stems", tracks=3, seconds=0.05, subsets=("train",), musdb_names=False)
+    (root / "valid.txt").write_text("Fake Artist 02 - Train Song\n")
+    assert [t.name for t in find_tracks(root, "train", split="valid")] == ["Fake Artist 02 - Train Song"]
+    alone = make_musdb_hq(tmp_path / "alone", tracks=1, seconds=0.05, subsets=("train",), musdb_names=False)
+    with pytest.raises(DataError, match=r"alone/train: 1 track\(s\), too few .* --valid-subset test"):
+        find_tracks(alone, "train", split="valid")
 
 
 def test_read_matches_the_files_and_pads_past_the_end(musdb_root):

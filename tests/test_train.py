@@ -269,6 +269,116 @@ def test_unreadable_config_and_missing_file(tmp_path, capsys):
     assert "no such config file" in capsys.readouterr().err
 
 
+# --- any stems folder: validation tracks held out of train/ when none are listed ------------
+
+def plain_root(base: Path) -> Path:
+    """train/ (4 tracks) + test/ (2) of 1.5 s with plain names: no valid.txt, not MUSDB18."""
+    root = base / "plainstems"
+    if not (root / "test").is_dir():
+        make_musdb_hq(root, tracks=4, seconds=1.5, subsets=("train",), seed=5, musdb_names=False)
+        make_musdb_hq(root, tracks=2, seconds=1.5, subsets=("test",), seed=6)
+    return root
+
+
+def _train_watching_the_tracks(monkeypatch, argv) -> tuple:
+    """`main(argv)`'s exit code, and the track names it trained on and validated on."""
+    import danna_sep.data as data
+
+    seen = {}
+
+    class Remix(data.RemixSegments):
+        def __init__(self, tracks, *args, **kwargs):
+            seen["train"] = [t.name for t in tracks]
+            super().__init__(tracks, *args, **kwargs)
+
+    class Chunks(data.FixedChunks):
+        def __init__(self, tracks, *args, **kwargs):
+            seen["valid"] = [t.name for t in tracks]
+            super().__init__(tracks, *args, **kwargs)
+
+    monkeypatch.setattr(data, "RemixSegments", Remix)
+    monkeypatch.setattr(data, "FixedChunks", Chunks)
+    return main(argv), seen.get("train"), seen.get("valid")
+
+
+@pytest.mark.parametrize("config", sorted(TINY.glob("*.json")), ids=lambda p: p.stem)
+def test_every_tiny_recipe_trains_on_a_plain_stems_folder(base, tmp_path, capsys, monkeypatch, config):
+    """Acceptance: no edit to the recipe; one track of train/ is held out, named, validated
+    on and never trained on."""
+    from danna_sep.data.tracks import held_out
+
+    root = plain_root(base)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    run = tmp_path / "run"
+    code, trained, validated = _train_watching_the_tracks(
+        monkeypatch, ["train", str(config), "--data", str(root), "--out", str(run), "--max-steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert validated == held_out(names, 1) and len(validated) == 1
+    assert sorted(trained) == sorted(set(names) - set(validated))
+    assert f"validating on 1 track(s) (held out of {root / 'train'}" in err and validated[0] in err
+    assert np.isfinite(read_jsonl(run / "metrics.jsonl")[-1]["valid_sdr_mean"])
+
+
+def test_held_out_tracks_are_not_trained_on_even_when_the_recipe_trains_on_every_track(
+        base, tmp_path, capsys, monkeypatch):
+    config = json.loads((TINY / "x_umx_mwf.json").read_text())
+    config["data"]["split"] = None  # as in configs/x_umx_mwf.json: all of train/ (MUSDB18's 14 included)
+    path = tmp_path / "all.json"
+    path.write_text(json.dumps(config))
+    root = plain_root(base)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    code, trained, validated = _train_watching_the_tracks(
+        monkeypatch, ["train", str(path), "--data", str(root), "--out", str(tmp_path / "run"), "--max-steps", "1",
+                      "-q", "--valid-tracks", "2"])
+    assert code == 0, capsys.readouterr().err
+    assert len(validated) == 2 and sorted(trained + validated) == names
+    # on a MUSDB18 layout the recipe trains on its validation tracks too, as published
+    code, trained, validated = _train_watching_the_tracks(
+        monkeypatch, ["train", str(path), "--data", str(dataset_root(base)), "--out", str(tmp_path / "musdb"),
+                      "--max-steps", "1", "-q"])
+    assert code == 0 and validated == ["Actions - One Minute Smile"] and validated[0] in trained
+
+
+def test_valid_flags_choose_the_validation_tracks(base, tmp_path, capsys, monkeypatch):
+    root = plain_root(base)
+    names = sorted(p.name for p in (root / "train").iterdir())
+    tests = sorted(p.name for p in (root / "test").iterdir())
+    argv = ["train", str(TINY / "unet_attn.json"), "--data", str(root), "--max-steps", "1", "-q"]
+    # the test subset validates: nothing of train/ is held out
+    code, trained, validated = _train_watching_the_tracks(
+        monkeypatch, argv + ["--out", str(tmp_path / "a"), "--valid-subset", "test", "--valid-tracks", "1"])
+    assert code == 0, capsys.readouterr().err
+    assert validated == tests[:1] and sorted(trained) == names
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["data"]
+    assert (saved["valid_subset"], saved["valid_split"], saved["valid_tracks"]) == ("test", None, 1)
+    # every track of train/ validates (and trains)
+    code, trained, validated = _train_watching_the_tracks(
+        monkeypatch, argv + ["--out", str(tmp_path / "b"), "--valid-split", "all"])
+    assert code == 0 and validated == names
+    # usage errors: one line, exit 2, before anything is written
+    for flags, words in [(["--valid-subset", "test", "--valid-split", "valid"], "--valid-split valid splits the train"),
+                         (["--valid-tracks", "0"], "--valid-tracks must be at least 1"),
+                         (["--valid-split", "some"], "invalid choice: 'some'")]:
+        try:
+            code = main(argv + ["--out", str(tmp_path / "c")] + flags)
+        except SystemExit as exc:  # argparse's own errors
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "c").exists()
+
+
+def test_too_few_tracks_to_hold_out_is_one_clear_line(tmp_path, capsys):
+    root = make_musdb_hq(tmp_path / "one", tracks=1, seconds=1.0, subsets=("train", "test"), musdb_names=False)
+    code = main(["train", str(TINY / "demucs_split.json"), "--data", str(root), "--out", str(tmp_path / "run"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"danna-sep: {root / 'train'}: 1 track(s), too few to hold 1 out for validation")
+    assert "--valid-subset test" in err
+
+
 # --- the shipped configs -------------------------------------------------------------------
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.json")) + sorted(TINY.glob("*.json")),

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, Tuple, Union
+from typing import Dict, FrozenSet, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import soundfile
@@ -275,19 +275,29 @@ def _visible_children(folder: Path) -> List[Path]:
     return sorted((p for p in folder.iterdir() if not p.name.startswith(".")), key=lambda p: p.name)
 
 
-def _tracks_in(folder: Path) -> List[Track]:
-    """Every track in a folder: subfolders of stems and `.stem.mp4` files."""
-    tracks = []
+def _track_paths(folder: Path) -> List[Tuple[str, Path]]:
+    """(name, path) of every track in a folder, unchecked: subfolders of stems and `.stem.mp4` files."""
+    found: List[Tuple[str, Path]] = []
     for child in _visible_children(folder):
         if child.is_dir():
-            tracks.append(_folder_track(child))
+            found.append((child.name, child))
         elif child.is_file() and child.name.lower().endswith(STEM_MP4_SUFFIX):
-            tracks.append(_stem_mp4_track(child))
-    return tracks
+            found.append((child.name[: -len(STEM_MP4_SUFFIX)], child))
+    return found
 
 
-def _read_valid_list(root: Path) -> Optional[set]:
-    listing = root / "valid.txt"
+def _tracks_in(folder: Path) -> List[Track]:
+    """Every track in a folder, each checked from its headers."""
+    return [_folder_track(path) if path.is_dir() else _stem_mp4_track(path) for _, path in _track_paths(folder)]
+
+
+VALID_LIST = "valid.txt"
+#: Seed of the hash that picks the validation tracks of a folder without a validation list.
+HOLDOUT_SEED = 0
+
+
+def _read_valid_list(root: Path) -> Optional[FrozenSet[str]]:
+    listing = root / VALID_LIST
     if not listing.is_file():
         return None
     names = set()
@@ -295,13 +305,74 @@ def _read_valid_list(root: Path) -> Optional[set]:
         line = line.strip()
         if line and not line.startswith("#"):
             names.add(line)
-    return names
+    return frozenset(names)
+
+
+def holdout_count(tracks: int) -> int:
+    """How many of `tracks` a folder without a validation list holds out: one in ten, 1 to 10."""
+    return min(10, max(1, tracks // 10))
+
+
+def held_out(names: Sequence[str], count: int, seed: int = HOLDOUT_SEED) -> List[str]:
+    """The `count` names whose seeded sha256 ranks first, sorted.
+
+    A track keeps its place whatever else the folder holds, so adding tracks changes the
+    choice only where a new name ranks among the first `count`.
+    """
+    import hashlib
+
+    def rank(name: str) -> bytes:
+        return hashlib.sha256(f"{seed}:{name}".encode("utf-8")).digest()
+
+    return sorted(sorted(names, key=rank)[:count])
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Which tracks of a dataset's train subset (or of a plain folder) are its validation tracks."""
+
+    names: FrozenSet[str]
+    origin: Literal["musdb", "list", "held out"]
+    """musdb: MUSDB18's official list; list: the root's valid.txt; held out: chosen by
+    `held_out` because the folder has no list."""
+    folder: Path
+    """The folder whose tracks are split (ROOT/train, or a plain folder itself)."""
+
+    def describe(self) -> str:
+        if self.origin == "musdb":
+            return "MUSDB18's validation list"
+        if self.origin == "list":
+            return f"listed in {VALID_LIST}"
+        return f"held out of {self.folder} (no {VALID_LIST}, not MUSDB18; seed {HOLDOUT_SEED})"
+
+
+def _is_musdb_root(root: Path) -> bool:
+    return (root / "train").is_dir() or (root / "test").is_dir()
+
+
+def validation_split(root: PathLike, holdout: Optional[int] = None) -> ValidationSplit:
+    """The validation tracks of `root`'s train subset (or of `root`, a plain folder of tracks):
+    those listed in `root/valid.txt` when it exists, else MUSDB18's official 14 when the
+    tracks include any of them, else `holdout` tracks (default `holdout_count`) chosen by
+    `held_out` (all of them when there are no more).
+    """
+    root = Path(root)
+    folder = root / "train" if _is_musdb_root(root) else root
+    listed = _read_valid_list(root)
+    if listed is not None:
+        return ValidationSplit(listed, "list", folder)
+    names = [name for name, _ in _track_paths(folder)] if folder.is_dir() else []
+    if set(names) & set(MUSDB_VALIDATION):
+        return ValidationSplit(frozenset(MUSDB_VALIDATION), "musdb", folder)
+    count = holdout_count(len(names)) if holdout is None else holdout
+    return ValidationSplit(frozenset(held_out(names, count)), "held out", folder)
 
 
 def find_tracks(
     root: PathLike,
     subset: Optional[Subset] = "train",
     split: Optional[Split] = None,
+    holdout: Optional[int] = None,
 ) -> List[Track]:
     """The tracks of a dataset, sorted by name, each checked from its headers.
 
@@ -310,9 +381,11 @@ def find_tracks(
     folder of tracks (`TRACK/{mixture,drums,bass,other,vocals}.wav`, mixture optional,
     `.flac` also read, or `.stem.mp4` files) and `subset` is ignored.
 
-    `split` divides the MUSDB18 train subset by `MUSDB_VALIDATION` ("valid": those 14,
-    "train": the rest); in a plain folder "valid" means the names listed in
-    `root/valid.txt` (one per line), none if it is absent.
+    `split` divides the train subset (or the plain folder) by `validation_split(root,
+    holdout)`: "valid" its validation tracks, "train" the rest. The validation tracks are
+    those listed in `root/valid.txt` (one name per line), else MUSDB18's official 14
+    (`MUSDB_VALIDATION`) when the tracks include any of them, else `holdout` tracks held
+    out by a seeded hash of their names (default: one in ten, 1 to 10).
 
     Raises DataError naming the root when it is missing or holds no tracks, and naming the
     track when a stem is missing or the stems differ in sample rate, length or channels.
@@ -327,8 +400,7 @@ def find_tracks(
     if not root.is_dir():
         raise DataError(f"{root}: not a folder")
 
-    musdb = (root / "train").is_dir() or (root / "test").is_dir()
-    if musdb:
+    if _is_musdb_root(root):
         if split is not None and subset != "train":
             raise ValueError("split applies to the MUSDB18 train subset only: pass subset='train'")
         tracks: List[Track] = []
@@ -337,21 +409,24 @@ def find_tracks(
             if not folder.is_dir():
                 raise DataError(f"{root}: no {name}/ folder (a MUSDB18 root holds train/ and test/)")
             tracks.extend(_tracks_in(folder))
-        valid = set(MUSDB_VALIDATION)
         where = root if subset is None else root / subset
     else:
         tracks = _tracks_in(root)
-        valid = _read_valid_list(root) or set()
         where = root
     if not tracks:
         raise DataError(
             f"{where}: no tracks found (expected track folders of "
             f"{{mixture,drums,bass,other,vocals}}.wav or {STEM_MP4_SUFFIX} files)"
         )
-    if split == "valid":
-        tracks = [t for t in tracks if t.name in valid]
-    elif split == "train":
-        tracks = [t for t in tracks if t.name not in valid]
+    if split is not None:
+        valid = validation_split(root, holdout)
+        if valid.origin == "held out" and len(valid.names) >= len(tracks):
+            advice = f"list validation tracks in {root / VALID_LIST}"
+            if valid.folder != root:
+                advice += " or validate on the test subset, --valid-subset test"
+            raise DataError(f"{where}: {len(tracks)} track(s), too few to hold {len(valid.names)} out for "
+                            f"validation and train on the rest ({advice})")
+        tracks = [t for t in tracks if (t.name in valid.names) == (split == "valid")]
     if not tracks:
         log.warning("%s: no tracks in the %s split", where, split)
     log.debug("%s: %d tracks (subset %s, split %s)", root, len(tracks), subset, split)

@@ -305,7 +305,7 @@ class Trainer:
         progress: bool = True,
         config_source: str = "<config>",
     ):
-        from ..data import DataError, FixedChunks, RemixSegments, build_augment, find_tracks
+        from ..data import DataError, FixedChunks, RemixSegments, build_augment, find_tracks, validation_split
         from ..engine import resolve_device
 
         self.config = config
@@ -332,23 +332,37 @@ class Trainer:
         if d.root is None:
             raise ConfigError(f"{self.source}: data.root is not set (pass --data ROOT)")
         root = Path(os.path.expanduser(d.root))
-        self.train_tracks = find_tracks(root, subset=d.subset, split=d.split)
+        validate_on_split = config.train.validate and d.valid_split is not None
+        split = validation_split(root, d.valid_tracks) if (d.split or validate_on_split) else None
+        held_out = split is not None and split.origin == "held out"
+        train_split = d.split
+        if held_out and not validate_on_split and d.split == "train":
+            train_split = None  # tracks are held out only to validate on, and validation is elsewhere
+        self.train_tracks = find_tracks(root, subset=d.subset, split=train_split, holdout=d.valid_tracks)
+        self.valid_set = None
+        if config.train.validate:
+            valid_tracks = find_tracks(root, subset=d.valid_subset, split=d.valid_split, holdout=d.valid_tracks)
+            if d.valid_tracks is not None:
+                valid_tracks = valid_tracks[: d.valid_tracks]
+            if not valid_tracks:
+                raise DataError(f"{root}: no validation tracks (subset {d.valid_subset}, split {d.valid_split}); "
+                                f"choose data.valid_subset / data.valid_split, or set train.validate false")
+            if held_out and d.valid_split == "valid":
+                # Tracks held out because the folder lists none are never trained on, even by
+                # a recipe with data.split null (which on MUSDB18 trains on its 14 too).
+                held = {t.path for t in valid_tracks}
+                self.train_tracks = [t for t in self.train_tracks if t.path not in held]
+            where = split.describe() if d.valid_split == "valid" else f"subset {d.valid_subset}, split {d.valid_split}"
+            log.info("validating on %d track(s) (%s): %s", len(valid_tracks), where,
+                     ", ".join(t.name for t in valid_tracks))
+            valid_segment = None if d.valid_segment_seconds is None else int(round(d.valid_segment_seconds * SAMPLERATE))
+            self.valid_set = FixedChunks(valid_tracks, valid_segment)
         if not self.train_tracks:
             raise DataError(f"{root}: no training tracks (subset {d.subset}, split {d.split})")
         self.segment = int(round(d.segment_seconds * SAMPLERATE))
         self.dataset = RemixSegments(self.train_tracks, segment=self.segment,
                                      samples_per_track=d.samples_per_track, remix=d.remix,
                                      seed=config.train.seed)
-        self.valid_set = None
-        if config.train.validate:
-            valid_tracks = find_tracks(root, subset=d.valid_subset, split=d.valid_split)
-            if d.valid_tracks is not None:
-                valid_tracks = valid_tracks[: d.valid_tracks]
-            if not valid_tracks:
-                raise DataError(f"{root}: no validation tracks (subset {d.valid_subset}, split {d.valid_split}); "
-                                f"choose data.valid_subset / data.valid_split, or set train.validate false")
-            valid_segment = None if d.valid_segment_seconds is None else int(round(d.valid_segment_seconds * SAMPLERATE))
-            self.valid_set = FixedChunks(valid_tracks, valid_segment)
         names, options = augment_arguments(d.augment, self.source)
         self.augment = build_augment(names, **options)
         self.song_stats = song_statistics(self.train_tracks) if d.normalize == "song" else None
