@@ -230,9 +230,10 @@ def test_the_default_bundle_was_trained_with_the_shipped_configs():
 
 
 def test_default_bundle_missing_is_one_clear_error(tmp_path, monkeypatch):
-    from danna_sep import separator as separator_module
+    from danna_sep import catalog
 
-    monkeypatch.setattr(separator_module, "PRETRAINED", tmp_path)
+    monkeypatch.setattr(catalog, "PRETRAINED", tmp_path)
+    monkeypatch.delenv("DANNA_BUNDLES", raising=False)
     with pytest.raises(BundleError, match="no default bundle installed"):
         Separator(device="cpu")
 

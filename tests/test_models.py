@@ -1,6 +1,7 @@
 """Structural tests of the five networks on tiny configurations."""
 
 import io
+import json
 import re
 
 import pytest
@@ -209,13 +210,30 @@ def test_default_unet_widths():
 
 
 def test_models_command_prints_counts_within_half_percent(capsys):
-    assert main(["models"]) == 0
-    out = capsys.readouterr().out
+    assert main(["models", "--sizes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = out[out.index(next(line for line in out if line.startswith("architectures"))) + 2:]
     printed = {}
-    for line in out.splitlines()[1:]:
+    for line in rows:
         name = line.split()[0]
         printed[name] = int(re.search(r"\((\d+)\)", line).group(1))
         assert re.search(r"\b(magnitude|waveform)\b", line)
-    assert set(printed) == set(models.names())
+    assert list(printed) == models.names()
     for name, figure in PUBLISHED.items():
         assert abs(printed[name] - figure) / figure < 0.005, (name, printed[name])
+    assert main(["models", "--sizes", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert {a["name"]: a["parameters"] for a in listing["architectures"]} == printed
+
+
+def test_the_catalog_names_the_registry():
+    """danna_sep.catalog.ARCHITECTURES (read without torch by `danna-sep models`) is the
+    registry: the same names in the same order, each with the model's own input and output."""
+    from danna_sep.catalog import ARCHITECTURES
+
+    assert list(ARCHITECTURES) == models.names()
+    for name, (network, domain, kind) in ARCHITECTURES.items():
+        with torch.device("meta"):
+            model = models.build(name)
+        assert (domain, kind) == (model.input_domain, model.output_kind), name
+        assert network

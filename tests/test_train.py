@@ -181,10 +181,10 @@ def test_a_torchrun_process_exits_with_its_code_and_all_its_output(tmp_path):
     # whatever Python still buffers: a table piped to another program must still arrive.
     env = dict(os.environ, WORLD_SIZE="2", RANK="0", LOCAL_RANK="0")
     env.pop("PYTHONUNBUFFERED", None)  # a pipe is then block-buffered, as it is by default
-    listing = subprocess.run([sys.executable, "-m", "danna_sep.cli", "models"], cwd=tmp_path, env=env,
+    listing = subprocess.run([sys.executable, "-m", "danna_sep.cli", "models", "--json"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
-    assert {line.split()[0] for line in listing.stdout.splitlines()[1:]} == set(models.names())
+    assert [a["name"] for a in json.loads(listing.stdout)["architectures"]] == models.names()
     missing = tmp_path / "missing.wav"
     failed = subprocess.run([sys.executable, "-m", "danna_sep.cli", "separate", str(missing), "-o",
                              str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -27,12 +27,12 @@ import torch
 from torch import nn
 
 from . import __version__, models
+from .catalog import BUNDLE_FILE, ORIGINAL_FILES, ORIGINAL_XUMX_ONNX
 from .errors import USAGE, DannaSepError
 from .models import SOURCES
 
 log = logging.getLogger(__name__)
 
-BUNDLE_FILE = "bundle.json"
 FORMAT = "danna-sep-bundle"
 FORMAT_VERSION = 1
 
@@ -46,15 +46,6 @@ FAST_BLEND = {
     "unet_attn": {"drums": 0.4, "bass": 0.27, "other": 0.5, "vocals": 0.6},
     "demucs_split": {"drums": 0.6, "bass": 0.73, "other": 0.5, "vocals": 0.4},
 }
-# The original tool's file names.
-ORIGINAL_FILES = {
-    "xumx": "xumx_mwf.pth",
-    "unet_attn": "unet_attention.pth",
-    "demucs_split": "demucs_4_decoders.pth",
-}
-# The original tool could also run X-UMX from ONNX (through onnxruntime).
-ORIGINAL_XUMX_ONNX = "xumx.onnx"
-
 
 class OnnxMaskModel(nn.Module):
     """An X-UMX-style ONNX file run by onnxruntime on the CPU, with the original calling

@@ -12,27 +12,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import __version__
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
-    from . import models
-
-    rows = [("name", "class", "parameters", "input", "output", "sources")]
-    for name in models.names():
-        model = models.build(name)
-        count = models.parameter_count(model)
-        rows.append((
-            name,
-            type(model).__name__,
-            f"{count / 1e6:.2f} M ({count})",
-            model.input_domain,
-            model.output_kind,
-            ",".join(model.sources),
-        ))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return 0
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors on one line (`danna-sep separate: ...`) and exit code 2."""
 
@@ -298,7 +277,7 @@ def _cmd_separate(args: argparse.Namespace) -> int:
 
 # Subcommands that live in their own modules under danna_sep.commands; each module has
 # `register(subparsers)` and imports its heavy dependencies only inside its handler.
-EXTRA_COMMANDS = ("corpus", "train", "export", "evaluate")
+EXTRA_COMMANDS = ("models", "corpus", "train", "export", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,11 +288,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"danna-sep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-
-    p_models = sub.add_parser(
-        "models", help="list the model registry with each default model's size and input domain"
-    )
-    p_models.set_defaults(handler=_cmd_models)
 
     p_sep = sub.add_parser("separate", help="split songs into stems")
     p_sep.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")

@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from . import SAMPLERATE
+from . import SAMPLERATE, catalog
 from .bundle import Bundle, BundleError, load_bundle, load_original
 from .errors import USAGE
 from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device,
@@ -20,7 +20,7 @@ from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource,
 
 log = logging.getLogger(__name__)
 
-PRETRAINED = Path(__file__).parent / "pretrained"
+PRETRAINED = catalog.PRETRAINED  # the shipped bundles
 
 
 _HEAP_TUNED = False
@@ -60,7 +60,8 @@ def resolve_bundle(
     checkpoints: Union[str, os.PathLike, None] = None,
     fast: bool = False,
 ) -> Bundle:
-    """A bundle object, a bundle folder, the name of a shipped bundle, or the original tool's checkpoints."""
+    """A bundle object, a bundle folder, a bundle's name (shipped, or in a `$DANNA_BUNDLES`
+    folder: `catalog.find_bundle`), or the original tool's checkpoints."""
     if isinstance(bundle, Bundle):
         return bundle
     if checkpoints is not None:
@@ -70,16 +71,17 @@ def resolve_bundle(
     path = Path(bundle)
     if path.is_dir():
         return load_bundle(path)
-    shipped = PRETRAINED / str(bundle)
-    if shipped.is_dir():
-        return load_bundle(shipped)
+    named = catalog.find_bundle(str(bundle))
+    if named is not None:
+        return load_bundle(named)
     if str(bundle) == "default":
         raise BundleError(
-            f"no default bundle installed ({shipped} is missing; reinstall danna-sep): pass "
+            f"no default bundle installed ({catalog.PRETRAINED / 'default'} is missing; reinstall danna-sep): pass "
             "--bundle PATH (a danna-sep bundle) or --checkpoints DIR (the original tool's TorchScript files)",
             exit_code=USAGE,
         )
-    raise BundleError(f"{bundle}: no such bundle folder or shipped bundle")
+    raise BundleError(f"{bundle}: no such bundle folder, shipped bundle or bundle in ${catalog.BUNDLES_ENV} "
+                      f"(danna-sep models lists them)")
 
 
 class Separator:
