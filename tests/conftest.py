@@ -42,3 +42,10 @@ def randomize(module: torch.nn.Module, seed: int = 0, scale: float = 0.1) -> tor
 @pytest.fixture
 def rng():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def _model_folders_only_where_a_test_sets_them(monkeypatch):
+    """$DANNA_CHECKPOINTS and $DANNA_BUNDLES change which models run; a test sets them itself."""
+    monkeypatch.delenv("DANNA_CHECKPOINTS", raising=False)
+    monkeypatch.delenv("DANNA_BUNDLES", raising=False)

@@ -129,3 +129,41 @@ def test_separate_bundle_name_from_DANNA_BUNDLES(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "tiny2: no such bundle folder, shipped bundle or bundle in $DANNA_BUNDLES" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_DANNA_CHECKPOINTS_is_used_when_no_bundle_is_named(tmp_path, monkeypatch, capsys):
+    """As for the original tool, $DANNA_CHECKPOINTS names its checkpoints folder: separate uses
+    it unless --bundle or --checkpoints says otherwise."""
+    import numpy as np
+    import soundfile as sf
+
+    from danna_sep import bundle as bundles
+    from danna_sep.separator import resolve_bundle
+    from test_bundle import tiny_members
+
+    tiny = bundles.save_bundle(tmp_path / "tiny", tiny_members(seed=4))
+    checkpoints = bundles.export_original(bundles.load_bundle(tiny), tmp_path / "danna-sep-checkpoints")
+    source = tmp_path / "in.wav"
+    sf.write(source, 0.1 * np.random.default_rng(1).standard_normal((30000, 2)), 44100, subtype="FLOAT")
+    common = ["separate", str(source), "--device", "cpu", "-q", "--precision", "float32", "--bit-depth", "32",
+              "--clip", "none"]
+
+    def stems(out):
+        return {p.name: sf.read(p)[0] for p in sorted((tmp_path / out / "in").iterdir())}
+
+    assert main(common + ["-o", str(tmp_path / "explicit"), "--checkpoints", str(checkpoints)]) == 0
+    monkeypatch.setenv("DANNA_CHECKPOINTS", str(checkpoints))
+    assert resolve_bundle().origin == str(checkpoints)
+    assert [m.name for m in resolve_bundle(fast=True).members] == ["unet_attn", "demucs_split"]
+    assert main(common + ["-o", str(tmp_path / "env")]) == 0, capsys.readouterr().err
+    assert stems("env").keys() == stems("explicit").keys()
+    for name, data in stems("env").items():
+        np.testing.assert_array_equal(data, stems("explicit")[name], err_msg=name)
+
+    # the variable points at a broken folder: the default fails naming it, --bundle is unaffected
+    monkeypatch.setenv("DANNA_CHECKPOINTS", str(tmp_path / "nowhere"))
+    assert resolve_bundle(str(tiny)).origin == str(tiny)
+    assert main(common + ["-o", str(tmp_path / "bundle"), "--bundle", str(tiny)]) == 0
+    capsys.readouterr()
+    assert main(common + ["-o", str(tmp_path / "default")]) != 0
+    assert f"{tmp_path / 'nowhere'}: checkpoint folder not found" in capsys.readouterr().err

@@ -61,9 +61,17 @@ def resolve_bundle(
     fast: bool = False,
 ) -> Bundle:
     """A bundle object, a bundle folder, a bundle's name (shipped, or in a `$DANNA_BUNDLES`
-    folder: `catalog.find_bundle`), or the original tool's checkpoints."""
+    folder: `catalog.find_bundle`), or the original tool's checkpoints folder.
+
+    Given neither a bundle nor checkpoints, the original tool's checkpoints in the folder
+    `$DANNA_CHECKPOINTS` names are used when it is set, else the shipped default bundle.
+    """
     if isinstance(bundle, Bundle):
         return bundle
+    if checkpoints is None and bundle is None:
+        checkpoints = catalog.checkpoints_folder()
+        if checkpoints is not None:
+            log.info("the original checkpoints in %s ($%s)", checkpoints, catalog.CHECKPOINTS_ENV)
     if checkpoints is not None:
         return load_original(checkpoints, fast=fast)
     if bundle is None:
