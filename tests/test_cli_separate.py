@@ -78,9 +78,7 @@ def test_two_stems_selection_and_no_overwrite(tmp_path, tiny_bundle):
 
 
 def test_usage_errors_and_missing_inputs(tmp_path, tiny_bundle, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(["separate"])
-    assert exc.value.code == 2
+    assert main(["separate"]) == 2
     assert main(["separate", str(tmp_path / "nope.wav"), "--bundle", str(tiny_bundle)]) == 1
     assert "nope.wav: no such file" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -301,41 +299,95 @@ def test_mp3_output_decodes_at_the_right_rate_length_and_channels(tmp_path, tiny
             assert 10 * np.log10(np.sum(want[:, channel] ** 2) / np.sum(other**2)) < 6, "channels too alike"
 
 
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any attempt to find a bundle or build a model fails the test loudly (not a user error)."""
+    import danna_sep.models
+    import danna_sep.separator
+
+    def loud(*args, **kwargs):
+        raise AssertionError("a model was loaded before the usage error was found")
+
+    monkeypatch.setattr(danna_sep.separator, "resolve_bundle", loud)
+    monkeypatch.setattr(danna_sep.models, "build", loud)
+
+
+def usage_error(argv, capsys):
+    """(exit code, the single stderr line) of `main(argv)`, asserting there is one line and no traceback."""
+    code = main(argv)
+    captured = capsys.readouterr()
+    err = captured.err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert captured.out == ""
+    return code, err.strip()
+
+
 @pytest.mark.parametrize("extra,words", [
     (["--mp3-bitrate", "999", "--format", "mp3"], "argument --mp3-bitrate: 999 is out of range (from 8 to 320 kbps)"),
     (["--samplerate", "7"], "argument --samplerate: 7 is out of range (from 8000 to 384000 Hz)"),
     (["--overlap", "0.9"], "argument --overlap: 0.9 is out of range (from 0 to 0.5)"),
     (["--segment", "0.1"], "argument --segment: 0.1 is out of range (from 1 to 600 s)"),
     (["--segment", "nan"], "argument --segment: nan is out of range (from 1 to 600 s)"),
-    (["--shifts", "two"], "argument --shifts: 'two' is not an integer"),
+    (["--shifts", "two"], "argument --shifts: invalid int value: 'two'"),
     (["-j", "0"], "argument -j/--jobs: 0 is out of range (from 1 to 64)"),
+    (["--two-stems", "guitar"], "argument --two-stems: invalid choice: 'guitar'"),
+    (["--stems", "drums,guitar"], "argument --stems: 'drums,guitar': unknown guitar (choose from drums, bass, other"),
+    (["--stems", "drums,drums"], "argument --stems: 'drums,drums': names a stem twice"),
     (["--format", "mp3", "--bit-depth", "24"], "--bit-depth is for wav and flac: mp3 has no bit depth"),
     (["--mp3-bitrate", "128"], "--mp3-bitrate is for --format mp3, not wav"),
     (["--format", "flac", "--bit-depth", "32"], "flac takes --bit-depth 16 or 24"),
     (["--stems", "drums", "--two-stems", "vocals"], "--stems and --two-stems exclude each other"),
-    (["--filename", "{trackext}/{stem}.{ext}"], "--filename '{trackext}/{stem}.{ext}': unknown field {trackext}"),
-    (["--filename", "{track"], "--filename '{track': expected '}' before end of string"),
-    (["--filename", "{track}.{ext}"], "--filename '{track}.{ext}': needs {stem}"),
-    (["--device", "gpu"], "--device gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
-    (["--device", "mps"], "--device mps: Apple's MPS is not available on this machine"),
+    (["--fast"], "--fast picks members of the original checkpoints: give --checkpoints too"),
+    (["--filename", "{trackext}/{stem}.{ext}"], "argument --filename: '{trackext}/{stem}.{ext}': unknown field {trackext}"),
+    (["--filename", "{track"], "argument --filename: invalid template value: '{track'"),
+    (["--filename", "{track}.{ext}"], "argument --filename: '{track}.{ext}': needs {stem}"),
+    (["--device", "gpu"], "argument --device: gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
+    (["--device", "mps"], "argument --device: mps: Apple's MPS is not available on this machine"),
+    (["--device", "cuda:7"], "argument --device: cuda:7: "),
 ])
-def test_usage_errors_are_one_line_and_come_before_any_model_loads(tmp_path, capsys, monkeypatch, extra, words):
-    """Exit 2 with one line naming the problem, before the bundle is even looked for: the
-    bundle named here does not exist, so a check made after loading would say that instead."""
+def test_usage_errors_are_one_line_and_come_before_any_model_loads(tmp_path, capsys, monkeypatch, no_model_loads,
+                                                                   extra, words):
+    """Exit 2 with one line naming the problem, before any bundle is looked for or model built."""
     import torch
 
     if "mps" in extra:
         monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     source = tmp_path / "in.wav"
     sf.write(source, song(1.0, 44100), 44100)
-    argv = ["separate", str(source), "-o", str(tmp_path / "out"), "--bundle", str(tmp_path / "no-bundle")] + extra
-    try:
-        code = main(argv)
-    except SystemExit as exit_info:  # argparse's own errors
-        code = exit_info.code
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert words in err, err
-    assert "no-bundle" not in err
+    argv = ["separate", str(source), "-o", str(tmp_path / "out")] + extra
+    code, line = usage_error(argv, capsys)
+    assert code == 2, line
+    assert words in line, line
+    assert line.startswith("danna-sep")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_programming_error_raises_with_its_traceback(tmp_path, tiny_bundle, monkeypatch):
+    """Only a DannaSepError is a user's problem; a bug elsewhere (here a ValueError from deep in
+    the library) is not turned into a one-line message and an exit code."""
+    from danna_sep import separator
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug, not a user error")
+
+    monkeypatch.setattr(separator, "_stem_block", bug)
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["separate", str(source), "-o", str(tmp_path / "out"), "--bundle", str(tiny_bundle), "-q"])
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()] if (tmp_path / "out").exists() else True
+
+
+def test_user_errors_map_to_their_exit_codes_in_main_alone():
+    """No command decides an exit code by catching ValueError or by reading an error's text."""
+    import re
+    from pathlib import Path
+
+    import danna_sep
+
+    package = Path(danna_sep.__file__).parent
+    for path in [package / "cli.py", *sorted((package / "commands").glob("*.py"))]:
+        text = path.read_text()
+        assert not re.search(r"except\s*\(?[^:]*\bValueError\b", text), path
+        assert not re.search(r"return\s+\d+\s+if\s+[^\n]*\bin\s+str\(", text), path
+        assert not re.search(r"return\s+\d+\s+if\s+[^\n]*\.startswith\(", text), path

@@ -371,7 +371,7 @@ def test_cli_refuses_to_overwrite_resumes_and_forces(corpus, capsys):
     (folder.parent / ".synth-7-0000.partial-1-abcd").mkdir()  # left by a killed run
     assert main(["corpus", str(corpus), "--tracks", "1", "--seconds", "4", "--seed", "7", "-q"]) == 1
     err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"danna-sep corpus: {folder}: already exists and differs (use --force to overwrite)"]
+    assert err.strip().splitlines() == [f"danna-sep: {folder}: already exists and differs (use --force to overwrite)"]
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.iterdir()} == before
     assert not (folder.parent / ".synth-7-0000.partial-1-abcd").exists()
     # --force renders again: same seed, same bytes.
@@ -389,12 +389,12 @@ def test_missing_or_bad_soundfont_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nothing.sf2"
     assert main(["corpus", str(tmp_path / "out"), "--tracks", "1", "--seconds", "1", "--soundfont", str(missing)]) == 2
     err = capsys.readouterr().err
-    assert err.splitlines() == [f"danna-sep corpus: {missing}: soundfont not found"]
+    assert err.splitlines() == [f"danna-sep: {missing}: soundfont not found"]
     bad = tmp_path / "bad.sf2"
     bad.write_bytes(b"not a soundfont at all")
     assert main(["corpus", str(tmp_path / "out"), "--soundfont", str(bad)]) == 2
     err = capsys.readouterr().err
-    assert len(err.splitlines()) == 1 and err.startswith(f"danna-sep corpus: {bad}: not a SoundFont")
+    assert len(err.splitlines()) == 1 and err.startswith(f"danna-sep: {bad}: not a SoundFont")
     assert "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
@@ -407,14 +407,21 @@ def test_missing_default_soundfont_says_what_to_install(tmp_path, monkeypatch, c
     monkeypatch.setattr(track, "DEFAULT_SOUNDFONT", absent)
     assert main(["corpus", str(tmp_path / "out"), "--tracks", "2"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"danna-sep corpus: {absent}: soundfont not found (install the fluid-soundfont-gm package or pass --soundfont)"]
+        f"danna-sep: {absent}: soundfont not found (install the fluid-soundfont-gm package or pass --soundfont)"]
 
 
-def test_cli_argument_checks(tmp_path, capsys):
-    assert main(["corpus", str(tmp_path / "out"), "--tracks", "0", "--test-fraction", "1.5"]) == 2
+@pytest.mark.parametrize("flags,words", [
+    (["--tracks", "0"], "argument --tracks: 0 is out of range (at least 1)"),
+    (["--test-fraction", "1.5"], "argument --test-fraction: 1.5 is out of range (from 0 to 1)"),
+    (["--seconds", "0"], "argument --seconds: 0 is out of range (from 0.1 to 3600 s)"),
+    (["--workers", "0"], "argument --workers: 0 is out of range (at least 1)"),
+    (["--seed", "-1"], "argument --seed: -1 is out of range (at least 0)"),
+])
+def test_cli_argument_checks(tmp_path, capsys, flags, words):
+    assert main(["corpus", str(tmp_path / "out")] + flags) == 2
     err = capsys.readouterr().err.splitlines()
-    assert err == ["danna-sep corpus: --tracks 0: must be at least 1",
-                   "danna-sep corpus: --test-fraction 1.5: must be within [0, 1]"]
+    assert len(err) == 1 and words in err[0], err
+    assert not (tmp_path / "out").exists()
 
 
 @needs_renderer

@@ -272,9 +272,9 @@ def test_cli_bad_inputs_give_one_line(root, tmp_path, capsys):
     assert code == 2
     code, err = _run(["evaluate", "--root", str(root), "--oracle", "irm1", "--split", "valid", "-o", str(tmp_path / "r")], capsys)
     assert code == 2 and "--split" in err  # MUSDB18's validation tracks are in train, not test
-    with pytest.raises(SystemExit) as exit_info:  # no estimator: argparse's usage error
-        main(["evaluate", "--root", str(root), "-o", str(tmp_path / "r")])
-    assert exit_info.value.code == 2
+    code, err = _run(["evaluate", "--root", str(root), "-o", str(tmp_path / "r")], capsys)  # no estimator
+    assert code == 2 and "one of the arguments --bundle --checkpoints --oracle is required" in err
+    assert err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import models
 from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
-from .errors import DannaSepError
+from .errors import USAGE, DannaSepError
 from .models import SOURCES
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,12 @@ BlendSpec = Union[str, Dict[str, Any], List[Any], None]
 
 
 class ExportError(DannaSepError):
-    """An input or option that cannot be exported; the message starts with the path or option."""
+    """An input or option that cannot be exported; the message starts with the path or option
+    (a --blend table that means nothing is a usage error)."""
+
+
+def _blend_error(message: str) -> ExportError:
+    return ExportError(message, exit_code=USAGE)
 
 
 @dataclass
@@ -94,18 +99,18 @@ def _parse_blend_text(text: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        raise ExportError(f"--blend {text}: expected paper, equal, a JSON object or a .json file") from None
+        raise _blend_error(f"--blend {text}: expected paper, equal, a JSON object or a .json file") from None
 
 
 def _weights(table: Any, where: str) -> Dict[str, float]:
     if not isinstance(table, dict):
-        raise ExportError(f"{where}: expected {{source: weight}}")
+        raise _blend_error(f"{where}: expected {{source: weight}}")
     out = {}
     for source, weight in table.items():
         if source not in SOURCES:
-            raise ExportError(f"{where}: unknown source {source!r} (sources: {', '.join(SOURCES)})")
+            raise _blend_error(f"{where}: unknown source {source!r} (sources: {', '.join(SOURCES)})")
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise ExportError(f"{where}: weight of {source} must be a number >= 0")
+            raise _blend_error(f"{where}: weight of {source} must be a number >= 0")
         out[source] = float(weight)
     return out
 
@@ -121,23 +126,23 @@ def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> Li
         table = FAST_BLEND if set(names) == set(FAST_BLEND) else PAPER_BLEND
         missing = [n for n in names if n not in table]
         if missing or len(set(names)) != len(names):
-            raise ExportError(f"--blend paper: covers {', '.join(table)} once each, not {', '.join(names)}")
+            raise _blend_error(f"--blend paper: covers {', '.join(table)} once each, not {', '.join(names)}")
         return [dict(table[n]) for n in names]
     if blend == "equal":
         counts = {s: sum(s in t.model.sources for t in trained) for s in SOURCES}
         return [{s: (1.0 / counts[s] if s in t.model.sources else 0.0) for s in SOURCES} for t in trained]
     if isinstance(blend, list):
         if len(blend) != len(trained):
-            raise ExportError(f"--blend: {len(blend)} tables for {len(trained)} models")
+            raise _blend_error(f"--blend: {len(blend)} tables for {len(trained)} models")
         return [_weights(entry, f"--blend[{i}]") for i, entry in enumerate(blend)]
     if isinstance(blend, dict):
         if len(set(names)) != len(names):
-            raise ExportError("--blend: models repeat a name; give a list with one table per input")
+            raise _blend_error("--blend: models repeat a name; give a list with one table per input")
         unknown = [k for k in blend if k not in names]
         if unknown:
-            raise ExportError(f"--blend: {unknown[0]!r} is not one of the models ({', '.join(names)})")
+            raise _blend_error(f"--blend: {unknown[0]!r} is not one of the models ({', '.join(names)})")
         return [_weights(blend.get(n, {}), f"--blend[{n}]") for n in names]
-    raise ExportError("--blend: expected paper, equal, a JSON object or a list")
+    raise _blend_error("--blend: expected paper, equal, a JSON object or a list")
 
 
 def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None,
@@ -151,7 +156,7 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
     fitted = None
     if fit_tracks is not None:
         if blend is not None:
-            raise ExportError("--blend: give blend weights or tracks to fit them on, not both")
+            raise _blend_error("--blend: give blend weights or tracks to fit them on, not both")
         from .blendfit import fit_blend
 
         fit = fit_blend([t.model for t in trained], fit_tracks, SOURCES, device="cpu", progress=progress)

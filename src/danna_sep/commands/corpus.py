@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .options import ranged
+
 # The genres of danna_sep.data.corpus.compose.GENRES, named here so that --help imports no numpy.
 GENRE_NAMES = ("pop", "rock", "electronic", "ballad", "funk")
 
@@ -22,18 +24,20 @@ def register(subparsers) -> None:
                     "tracks already there are skipped, so an interrupted run can be run again.",
     )
     parser.add_argument("out", metavar="OUT", help="output folder")
-    parser.add_argument("--tracks", type=int, default=120, help="number of tracks (default: %(default)s)")
-    parser.add_argument("--seconds", type=float, default=30.0, help="length of each track (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="corpus seed; same seed, same bytes (default: %(default)s)")
+    parser.add_argument("--tracks", type=ranged(int, 1), default=120, help="number of tracks (default: %(default)s)")
+    parser.add_argument("--seconds", type=ranged(float, 0.1, 3600, " s"), default=30.0,
+                        help="length of each track, 0.1 to 3600 s (default: %(default)s)")
+    parser.add_argument("--seed", type=ranged(int, 0), default=0,
+                        help="corpus seed; same seed, same bytes (default: %(default)s)")
     parser.add_argument("--soundfont", action="append", default=None, metavar="PATH",
                         help="soundfont (.sf2/.sf3); repeat for several, and each part picks one by the "
                              "seed (default: FluidR3_GM.sf2 and whichever of TimGM6mb, MuseScore General "
                              "and the AVLdrums kits are installed)")
     parser.add_argument("--genre", default=None, choices=sorted(GENRE_NAMES),
                         help="make every song of this genre (default: drawn per song from the seed)")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=ranged(int, 1), default=1,
                         help="processes rendering in parallel; the output does not depend on it (default: %(default)s)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, metavar="F",
+    parser.add_argument("--test-fraction", type=ranged(float, 0, 1), default=0.2, metavar="F",
                         help="share of tracks in test/, spread evenly by index: track i is a test "
                              "track when floor((i+1)F) > floor(iF) (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-render and replace existing track folders")
@@ -42,34 +46,16 @@ def register(subparsers) -> None:
 
 
 def _cmd_corpus(args: argparse.Namespace) -> int:
-    from danna_sep.data.corpus import CorpusError, generate_corpus
+    from danna_sep.data.corpus import generate_corpus
 
-    problems = []
-    if args.tracks < 1:
-        problems.append(f"--tracks {args.tracks}: must be at least 1")
-    if not 0 < args.seconds <= 3600:
-        problems.append(f"--seconds {args.seconds:g}: must be in (0, 3600]")
-    if args.seed < 0:
-        problems.append(f"--seed {args.seed}: must be non-negative")
-    if args.workers < 1:
-        problems.append(f"--workers {args.workers}: must be at least 1")
-    if not 0 <= args.test_fraction <= 1:
-        problems.append(f"--test-fraction {args.test_fraction:g}: must be within [0, 1]")
-    if problems:
-        for line in problems:
-            print(f"danna-sep corpus: {line}", file=sys.stderr)
-        return 2
-    try:
-        report = generate_corpus(
-            args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed, soundfonts=args.soundfont,
-            workers=args.workers, test_fraction=args.test_fraction, force=args.force,
-            show_progress=not args.quiet, genre=args.genre,
-        )
-    except CorpusError as exc:  # a missing soundfont or program: nothing was rendered
-        print(f"danna-sep corpus: {exc}", file=sys.stderr)
-        return 2
+    # A missing soundfont or program raises CorpusError (exit code 2) before anything is rendered.
+    report = generate_corpus(
+        args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed, soundfonts=args.soundfont,
+        workers=args.workers, test_fraction=args.test_fraction, force=args.force,
+        show_progress=not args.quiet, genre=args.genre,
+    )
     for _, line in report.failed:
-        print(f"danna-sep corpus: {line}", file=sys.stderr)
+        print(f"danna-sep: {line}", file=sys.stderr)
     if not args.quiet:
         made = len(report.written)
         per_track = f", {report.seconds / made:.1f} s per track" if made else ""

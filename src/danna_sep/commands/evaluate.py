@@ -13,6 +13,8 @@ import sys
 from typing import Optional
 
 from ..distributed import leave_process_group
+from ..errors import DannaSepError, UsageError
+from .options import add_engine_arguments, add_model_arguments, ranged
 
 log = logging.getLogger(__name__)
 
@@ -29,34 +31,22 @@ def register(subparsers) -> None:
     parser.add_argument("--subset", choices=["train", "test"], default="test", help="(default: %(default)s)")
     parser.add_argument("--split", choices=["train", "valid"], default=None,
                         help="with --subset train: MUSDB18's validation tracks (valid) or the rest (train)")
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N tracks (by name)")
+    parser.add_argument("--limit", type=ranged(int, 1), default=None, metavar="N", help="only the first N tracks (by name)")
     which = parser.add_argument_group("what to score (one of)").add_mutually_exclusive_group(required=True)
-    which.add_argument("--bundle", default=None, help="bundle folder or shipped bundle name")
-    which.add_argument("--checkpoints", default=None, metavar="DIR", help="the original tool's TorchScript checkpoints")
+    add_model_arguments(which, parser)
     which.add_argument("--oracle", choices=["irm1", "irm2", "mwf", "mixture"], default=None,
                        help="ideal ratio masks (irm1 magnitude, irm2 power), Wiener filter on the true "
                             "magnitudes (mwf), or the mixture as every estimate (the floor)")
-    parser.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
     parser.add_argument("--metric", choices=["sdr", "museval"], default="sdr",
                         help="sdr: MDX-style SDR, mean over tracks; museval: BSSEval v4 SDR/SIR/ISR/SAR, "
                              "median over frames and tracks (default: %(default)s)")
     parser.add_argument("-o", "--out", required=True, metavar="REPORT_DIR", help="folder for the report")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="processes that score (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    parser.add_argument("--segment", type=float, default=10.0, help="segment length in seconds (default: %(default)s)")
-    parser.add_argument("--overlap", type=float, default=0.25, help="(default: %(default)s)")
-    parser.add_argument("--shifts", type=int, default=0, help="(default: %(default)s)")
-    parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
-                        help="the networks' arithmetic; float32 gives the same scores on every "
-                             "machine (default: %(default)s)")
+    parser.add_argument("--jobs", type=ranged(int, 1, 64), default=1, metavar="N",
+                        help="processes that score (default: %(default)s)")
+    add_engine_arguments(parser.add_argument_group("processing"), precision="float32")
     parser.add_argument("--force", action="store_true", help="overwrite an existing report")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     parser.set_defaults(handler=_cmd_evaluate)
-
-
-def _fail(message: str, code: int = 1) -> int:
-    print(f"danna-sep: {message}", file=sys.stderr)
-    return code
 
 
 def _distributed() -> tuple:
@@ -67,36 +57,23 @@ def _distributed() -> tuple:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    if args.jobs < 1:
-        return _fail("--jobs must be 1 or more", 2)
-    if args.limit is not None and args.limit < 1:
-        return _fail("--limit must be 1 or more", 2)
+    if args.split is not None and args.subset != "train":
+        raise UsageError(f"--split {args.split} splits the train subset: it goes with --subset train")
+    if args.fast and args.checkpoints is None:
+        raise UsageError("--fast picks members of the original checkpoints: give --checkpoints too")
 
-    from ..data import DataError, find_tracks
+    from ..data import find_tracks
     from ..evaluate import EvaluationError, Report, check_outputs, evaluate_tracks
 
     rank, world = _distributed()
-    try:
-        check_outputs(args.out, force=args.force)
-        tracks = find_tracks(args.root, subset=args.subset, split=args.split)
-    except (DataError, EvaluationError) as exc:
-        return _fail(str(exc))
-    except ValueError as exc:  # --split on a MUSDB18 root without --subset train
-        return _fail(f"--split: {exc}", 2)
+    check_outputs(args.out, force=args.force)
+    tracks = find_tracks(args.root, subset=args.subset, split=args.split)
     if args.limit is not None:
         tracks = tracks[: args.limit]
     if not tracks:
-        return _fail(f"{args.root}: no tracks to evaluate")
+        raise EvaluationError(f"{args.root}: no tracks to evaluate")
     share = tracks[rank::world]
-
-    from ..bundle import BundleError
-
-    try:
-        estimator, description = _estimator(args, world)
-    except BundleError as exc:
-        return _fail(str(exc), 2 if "no default bundle" in str(exc) else 1)
-    except ValueError as exc:  # bad --segment, --overlap, --shifts or --device
-        return _fail(str(exc), 2)
+    estimator, description = _estimator(args, world)
 
     if world > 1:
         import torch.distributed as dist
@@ -118,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         report = evaluate_tracks(share, estimator, metric=args.metric, jobs=args.jobs, progress=progress)
         failure: Optional[str] = None
-    except (DataError, EvaluationError, ValueError) as exc:
+    except DannaSepError as exc:  # every rank takes part in the gather below, failed or not
         report, failure = Report(args.metric), str(exc)
     finally:
         if bar is not None:
@@ -139,17 +116,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             report.tracks.update(tracks_scores)
         report.tracks = dict(sorted(report.tracks.items()))
     if failure:
-        return _fail(failure)
+        raise EvaluationError(failure)
 
     report.info.update({"estimator": description, "root": str(args.root), "subset": args.subset})
     if args.split:
         report.info["split"] = args.split
     try:
         paths = report.save(args.out, force=args.force)
-    except EvaluationError as exc:
-        return _fail(str(exc))
     except OSError as exc:
-        return _fail(f"{args.out}: cannot write the report ({exc.strerror or exc})")
+        raise EvaluationError(f"{args.out}: cannot write the report ({exc.strerror or exc})") from None
     if not args.quiet:
         summary = report.summary()
         line = ", ".join(f"{s} {_fmt(summary[s]['SDR'])}" for s in report.sources)

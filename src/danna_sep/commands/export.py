@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..errors import UsageError
+from .options import ranged
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -28,44 +31,33 @@ def register(subparsers) -> None:
                    help="fit the blend weights instead: separate the tracks of ROOT (its test/ subset for "
                         "a MUSDB-style root, else the folder's tracks) with every model and keep, per source, "
                         "the weights with the best mean SDR")
-    p.add_argument("--fit-tracks", type=int, default=None, metavar="N", help="fit on the first N tracks only")
+    p.add_argument("--fit-tracks", type=ranged(int, 1), default=None, metavar="N",
+                   help="fit on the first N tracks only")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..export import ExportError, export_bundle, export_torchscript
-
     if args.torchscript and args.blend is not None:
-        print("danna-sep: --blend has no effect with --torchscript (the original tool uses its own table)",
-              file=sys.stderr)
-        return 2
+        raise UsageError("--blend has no effect with --torchscript (the original tool uses its own table)")
     if args.fit is not None and (args.torchscript or args.blend is not None):
-        print("danna-sep: --fit chooses the blend weights: it goes with neither --blend nor --torchscript",
-              file=sys.stderr)
-        return 2
-    if args.fit_tracks is not None and args.fit_tracks < 1:
-        print("danna-sep: --fit-tracks must be 1 or more", file=sys.stderr)
-        return 2
-    try:
-        if args.torchscript:
-            folder = export_torchscript(args.inputs, args.out, force=args.force)
-        else:
-            fit_tracks = None
-            if args.fit is not None:
-                from ..data import DataError, find_tracks
+        raise UsageError("--fit chooses the blend weights: it goes with neither --blend nor --torchscript")
+    if args.fit_tracks is not None and args.fit is None:
+        raise UsageError("--fit-tracks N counts the tracks of --fit ROOT: give --fit too")
 
-                try:
-                    fit_tracks = find_tracks(args.fit, subset="test")[: args.fit_tracks]
-                except DataError as exc:
-                    raise ExportError(str(exc)) from None
-            folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
-                                   fit_tracks=fit_tracks, progress=not args.quiet)
-    except ExportError as exc:
-        message = str(exc)
-        print(f"danna-sep: {message}", file=sys.stderr)
-        return 2 if message.startswith("--blend") else 1
+    from ..export import export_bundle, export_torchscript
+
+    if args.torchscript:
+        folder = export_torchscript(args.inputs, args.out, force=args.force)
+    else:
+        fit_tracks = None
+        if args.fit is not None:
+            from ..data import find_tracks
+
+            fit_tracks = find_tracks(args.fit, subset="test")[: args.fit_tracks]
+        folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
+                               fit_tracks=fit_tracks, progress=not args.quiet)
     if args.fit is not None:
         _print_fit(folder)
     print(f"danna-sep: wrote {folder}", file=sys.stderr)

@@ -14,6 +14,9 @@ import logging
 import sys
 from pathlib import Path
 
+from ..errors import UsageError
+from .options import device, ranged
+
 
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (tests swap it)."""
@@ -43,8 +46,8 @@ def register(subparsers) -> None:
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="start from these weights: one of our checkpoints, a bundle's .safetensors, "
                         "or the official X-UMX / open-unmix file")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=None, metavar="N",
+    p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--max-steps", type=ranged(int, 1), default=None, metavar="N",
                    help="stop after N optimiser steps in all (replaces train.max_steps)")
     valid = p.add_argument_group(
         "validation", "A folder's validation tracks are those listed in ROOT/valid.txt, else MUSDB18's "
@@ -83,10 +86,7 @@ def _apply_validation_flags(args: argparse.Namespace, data) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..audio import AudioError
-    from ..data import DataError
-    from ..train import ConfigError, TrainError, load_config, train
-    from ..train.checkpoint import CheckpointFileError
+    from ..train import TrainError, load_config, train
 
     handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("danna-sep: %(message)s"))
@@ -96,38 +96,19 @@ def _run(args: argparse.Namespace) -> int:
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
     try:
         if args.resume and args.force:
-            print("danna-sep: --resume and --force exclude each other", file=sys.stderr)
-            return 2
-        if args.max_steps is not None and args.max_steps < 1:
-            print("danna-sep: --max-steps must be at least 1", file=sys.stderr)
-            return 2
-        try:
-            config = load_config(args.config, data_root=args.data)
-        except ConfigError as exc:
-            print(f"danna-sep: {exc}", file=sys.stderr)
-            return 2
+            raise UsageError("--resume and --force exclude each other")
+        config = load_config(args.config, data_root=args.data)  # a ConfigError is a usage error
         if args.max_steps is not None:
             config.train.max_steps = args.max_steps
         problem = _apply_validation_flags(args, config.data)
         if problem is not None:
-            print(f"danna-sep: {problem}", file=sys.stderr)
-            return 2
+            raise UsageError(problem)
         run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
         try:
             summary = train(config, run_dir, resume=args.resume, weights=args.weights, device=args.device,
                             force=args.force, progress=not args.quiet, config_source=str(args.config))
-        except ConfigError as exc:
-            print(f"danna-sep: {exc}", file=sys.stderr)
-            return 2
-        except (DataError, AudioError, TrainError, CheckpointFileError) as exc:
-            print(f"danna-sep: {exc}", file=sys.stderr)
-            return 1
         except FloatingPointError as exc:  # the loss diverged
-            print(f"danna-sep: {run_dir}: {exc}", file=sys.stderr)
-            return 1
-        except ValueError as exc:  # e.g. a device that is not there
-            print(f"danna-sep: {exc}", file=sys.stderr)
-            return 2
+            raise TrainError(f"{run_dir}: {exc}") from None
         if not args.quiet:
             line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
             if summary.valid:

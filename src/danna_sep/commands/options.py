@@ -1,0 +1,106 @@
+"""Options that several subcommands share, and the argparse types that check values as they
+are parsed: a value out of range, or a device this machine lacks, is a usage error (exit
+code 2, one line) before anything heavy is imported or loaded."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Callable, List, Optional
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (`danna-sep separate: ...`) and exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def ranged(kind: Callable[[str], float], low: Optional[float] = None, high: Optional[float] = None,
+           unit: str = "") -> Callable[[str], float]:
+    """An argparse type: `kind(text)` within [low, high], refused with the range otherwise
+    (argparse itself refuses text that `kind` cannot read)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if value != value or (low is not None and value < low) or (high is not None and value > high):
+            if high is None:
+                bounds = f"at least {low:g}{unit}"
+            elif low is None:
+                bounds = f"at most {high:g}{unit}"
+            else:
+                bounds = f"from {low:g} to {high:g}{unit}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range ({bounds})")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def device(text: str) -> str:
+    """An argparse type: a device that this machine has (torch is imported only for cuda and mps)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text}: not a device (auto, cpu, cuda, cuda:N or mps)")
+    if text in ("auto", "cpu"):
+        return text
+    import torch
+
+    if text.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available on this machine")
+        index = int(text.split(":")[1]) if ":" in text else 0
+        if index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    else:
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: Apple's MPS is not available on this machine")
+    return text
+
+
+def comma_list(choices: List[str]) -> Callable[[str], List[str]]:
+    """An argparse type: comma-separated words, each one of `choices`, none twice."""
+
+    def parse(text: str) -> List[str]:
+        words = [part.strip() for part in text.split(",") if part.strip()]
+        unknown = [w for w in words if w not in choices]
+        if unknown or not words:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: {'unknown ' + ', '.join(unknown) if unknown else 'names nothing'} "
+                f"(choose from {', '.join(choices)})")
+        if len(set(words)) != len(words):
+            raise argparse.ArgumentTypeError(f"{text!r}: names a stem twice")
+        return words
+
+    parse.__name__ = "list"
+    return parse
+
+
+def add_model_arguments(choice, extra) -> None:
+    """--bundle and --checkpoints into `choice` (an argument group, or a mutually exclusive
+    one), --fast into `extra`."""
+    choice.add_argument("--bundle", default=None,
+                        help="bundle folder or shipped bundle name (default: the shipped default)")
+    choice.add_argument("--checkpoints", default=None, metavar="DIR",
+                        help="the original tool's TorchScript checkpoints folder")
+    extra.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
+
+
+def add_engine_arguments(group, *, precision: str) -> None:
+    """The chunked engine's options (--device, --segment, --overlap, --shifts, --precision);
+    `precision` is the default of --precision."""
+    group.add_argument("--device", type=device, default="auto",
+                       help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
+    group.add_argument("--segment", type=ranged(float, 1.0, 600.0, " s"), default=10.0,
+                       help="segment length, 1 to 600 seconds (default: %(default)s)")
+    group.add_argument("--overlap", type=ranged(float, 0.0, 0.5), default=0.25,
+                       help="overlap between segments, 0 to 0.5 (default: %(default)s)")
+    group.add_argument("--shifts", type=ranged(int, 0, 100), default=0,
+                       help="random shifts per segment, 0 to 100 (default: %(default)s)")
+    group.add_argument("--precision", choices=PRECISIONS, default=precision,
+                       help="the networks' arithmetic: bfloat16 is about twice as fast on CPUs with "
+                            "native bfloat16 (AVX512-BF16, AMX), float32 reproduces the models exactly "
+                            "and gives the same scores on every machine; auto picks bfloat16 on such "
+                            "CPUs, float32 elsewhere (default: %(default)s)")
