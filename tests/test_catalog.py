@@ -167,3 +167,24 @@ def test_DANNA_CHECKPOINTS_is_used_when_no_bundle_is_named(tmp_path, monkeypatch
     capsys.readouterr()
     assert main(common + ["-o", str(tmp_path / "default")]) != 0
     assert f"{tmp_path / 'nowhere'}: checkpoint folder not found" in capsys.readouterr().err
+
+
+def test_fast_takes_the_checkpoints_of_DANNA_CHECKPOINTS(tmp_path, monkeypatch, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from danna_sep import bundle as bundles
+    from test_bundle import tiny_members
+
+    tiny = bundles.save_bundle(tmp_path / "tiny", tiny_members(seed=5, fast=True))
+    checkpoints = bundles.export_original(bundles.load_bundle(tiny), tmp_path / "danna-sep-checkpoints")
+    source = tmp_path / "in.wav"
+    sf.write(source, 0.1 * np.random.default_rng(2).standard_normal((30000, 2)), 44100)
+    common = ["separate", str(source), "--device", "cpu", "-q", "--fast"]
+    assert main(common + ["-o", str(tmp_path / "none")]) == 2  # no checkpoints anywhere
+    monkeypatch.setenv("DANNA_CHECKPOINTS", str(checkpoints))
+    assert main(common + ["-o", str(tmp_path / "bundle"), "--bundle", str(tiny)]) == 2  # --bundle wins: no --fast
+    err = capsys.readouterr().err
+    assert err.count("danna-sep: --fast picks members of the original checkpoints: give --checkpoints too") == 2
+    assert main(common + ["-o", str(tmp_path / "env")]) == 0, capsys.readouterr().err
+    assert len(list((tmp_path / "env" / "in").iterdir())) == 4

@@ -82,9 +82,11 @@ def add_model_arguments(choice, extra) -> None:
     """--bundle and --checkpoints into `choice` (an argument group, or a mutually exclusive
     one), --fast into `extra`."""
     choice.add_argument("--bundle", default=None,
-                        help="bundle folder or shipped bundle name (default: the shipped default)")
+                        help="bundle folder, or the name of a shipped bundle or of one in a $DANNA_BUNDLES "
+                             "folder (danna-sep models lists them) (default: the shipped default)")
     choice.add_argument("--checkpoints", default=None, metavar="DIR",
-                        help="the original tool's TorchScript checkpoints folder")
+                        help="the original tool's TorchScript checkpoints folder (separate uses "
+                             "$DANNA_CHECKPOINTS when set and neither this nor --bundle is given)")
     extra.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
 
 

@@ -73,7 +73,10 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
     """A combination of options that means nothing, or None."""
     if args.stems and args.two_stems:
         return "--stems and --two-stems exclude each other"
-    if args.fast and args.checkpoints is None:
+    from ..catalog import checkpoints_folder
+
+    # Without --bundle, the original checkpoints of $DANNA_CHECKPOINTS stand in for --checkpoints.
+    if args.fast and args.checkpoints is None and (args.bundle is not None or checkpoints_folder() is None):
         return "--fast picks members of the original checkpoints: give --checkpoints too"
     if args.format == "mp3" and args.bit_depth is not None:
         return "--bit-depth is for wav and flac: mp3 has no bit depth (see --mp3-bitrate)"
