@@ -338,7 +338,8 @@ def usage_error(argv, capsys):
     (["--format", "flac", "--bit-depth", "32"], "flac takes --bit-depth 16 or 24"),
     (["--stems", "drums", "--two-stems", "vocals"], "--stems and --two-stems exclude each other"),
     (["--fast"], "--fast picks members of the original checkpoints: give --checkpoints too"),
-    (["--filename", "{trackext}/{stem}.{ext}"], "argument --filename: '{trackext}/{stem}.{ext}': unknown field {trackext}"),
+    (["--filename", "{album}/{stem}.{ext}"], "argument --filename: '{album}/{stem}.{ext}': unknown field {album}"),
+    (["--filename", "/tmp/{stem}.{ext}"], "argument --filename: '/tmp/{stem}.{ext}': names a path below --out"),
     (["--filename", "{track"], "argument --filename: invalid template value: '{track'"),
     (["--filename", "{track}.{ext}"], "argument --filename: '{track}.{ext}': needs {stem}"),
     (["--device", "gpu"], "argument --device: gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
@@ -391,3 +392,65 @@ def test_user_errors_map_to_their_exit_codes_in_main_alone():
         assert not re.search(r"except\s*\(?[^:]*\bValueError\b", text), path
         assert not re.search(r"return\s+\d+\s+if\s+[^\n]*\bin\s+str\(", text), path
         assert not re.search(r"return\s+\d+\s+if\s+[^\n]*\.startswith\(", text), path
+
+
+# --- output paths that never collide --------------------------------------------------------
+
+def _tree(folder):
+    """Every file below `folder`, as sorted POSIX paths relative to it."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_folder_keeps_its_subfolders_and_trackext_tells_formats_apart(tmp_path, tiny_bundle):
+    albums = tmp_path / "albums"
+    for sub in ("a", "b"):
+        (albums / sub).mkdir(parents=True)
+        sf.write(albums / sub / "x.wav", song(1.0, 44100, seed=len(sub)), 44100)
+    sf.write(albums / "top.wav", song(1.0, 44100), 44100)
+    out = tmp_path / "out"
+    common = ["--bundle", str(tiny_bundle), "-q", "--stems", "vocals"]
+    assert main(["separate", str(albums), "-o", str(out)] + common) == 0
+    assert _tree(out) == ["a/x/vocals.wav", "b/x/vocals.wav", "top/vocals.wav"]
+    # the output folder inside the input folder: its stems are never taken for songs
+    inside = albums / "sep"
+    assert main(["separate", str(albums), "-o", str(inside)] + common) == 0
+    assert main(["separate", str(albums), "-o", str(inside), "--force"] + common) == 0
+    assert _tree(inside) == ["a/x/vocals.wav", "b/x/vocals.wav", "top/vocals.wav"]
+
+    both = tmp_path / "both"
+    both.mkdir()
+    sf.write(both / "song.wav", song(1.0, 44100), 44100)
+    sf.write(both / "song.flac", song(1.0, 44100, seed=5), 44100)
+    flat = tmp_path / "flat"
+    assert main(["separate", str(both / "song.wav"), str(both / "song.flac"), str(both / "song.wav"), "-o", str(flat),
+                 "--filename", "{track}.{trackext}/{relpath}/{stem}.{ext}"] + common) == 0
+    assert _tree(flat) == ["song.flac/vocals.wav", "song.wav/vocals.wav"]
+    wav, _ = sf.read(flat / "song.wav" / "vocals.wav")
+    flac, _ = sf.read(flat / "song.flac" / "vocals.wav")
+    assert np.abs(wav - flac).max() > 1e-3  # each from its own input
+
+
+@pytest.mark.parametrize("layout,argv,hint", [
+    ("formats", [], "{trackext}"),
+    ("subfolders", ["--filename", "{track}/{stem}.{ext}"], "{relpath}"),
+])
+def test_two_inputs_writing_one_file_are_refused_before_any_work(tmp_path, capsys, no_model_loads, layout, argv, hint):
+    folder = tmp_path / "in"
+    if layout == "formats":
+        folder.mkdir()
+        first, second = folder / "song.flac", folder / "song.mp3"
+        sf.write(first, song(1.0, 44100), 44100)
+        sf.write(second, song(1.0, 44100), 44100)
+        inputs = [str(first), str(second)]
+    else:
+        first, second = folder / "a" / "x.wav", folder / "b" / "x.wav"
+        for path in (first, second):
+            path.parent.mkdir(parents=True)
+            sf.write(path, song(1.0, 44100), 44100)
+        inputs = [str(folder)]
+    out = tmp_path / "out"
+    code, line = usage_error(["separate", *inputs, "-o", str(out)] + argv, capsys)
+    assert code == 2
+    assert line.startswith(f"danna-sep: {first} and {second} would both write {out / first.stem / 'drums.wav'}"), line
+    assert hint in line
+    assert not out.exists()

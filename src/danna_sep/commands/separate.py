@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -19,7 +20,8 @@ from .options import add_engine_arguments, add_model_arguments, comma_list, rang
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FIELDS = ("track", "stem", "ext")
+TEMPLATE_FIELDS = ("track", "trackext", "relpath", "stem", "ext")
+DEFAULT_TEMPLATE = "{relpath}/{track}/{stem}.{ext}"
 
 
 def register(subparsers) -> None:
@@ -33,8 +35,12 @@ def register(subparsers) -> None:
                       help="comma-separated stems to write, e.g. drums,vocals")
     what.add_argument("--two-stems", choices=list(SOURCES), default=None, metavar="STEM",
                       help="write STEM and no_STEM")
-    what.add_argument("--filename", type=template, default="{track}/{stem}.{ext}",
-                      help="output path template with {track}, {stem}, {ext} (default: %(default)s)")
+    what.add_argument("--filename", type=template, default=DEFAULT_TEMPLATE,
+                      help="output path below OUT: {track} is the input's name without its extension, "
+                           "{trackext} that extension, {relpath} the input's folder below the folder "
+                           "argument it was found in (empty for a file named itself; empty parts of "
+                           "the path are dropped), {stem} and {ext} the stem's name and file extension "
+                           "(default: %(default)s)")
     what.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
     what.add_argument("--bit-depth", type=int, choices=[16, 24, 32], default=None,
                       help="16 or 24 bit PCM, or 32 bit float (wav only) (default: 16)")
@@ -66,6 +72,8 @@ def template(text: str) -> str:
             f"{text!r}: unknown field {{{unknown[0]}}} (fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
     if "stem" not in fields:
         raise argparse.ArgumentTypeError(f"{text!r}: needs {{stem}}, or every stem would go to the same file")
+    if text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"{text!r}: names a path below --out, not an absolute one")
     return text
 
 
@@ -87,54 +95,93 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
     return None
 
 
-def _collect_inputs(paths: List[str]) -> Tuple[List[Path], List[str]]:
-    """Audio files named or found (recursively) in the folders given; problems as one line each."""
+@dataclass
+class _Input:
+    """One audio file to separate: where it is, and its folder below the folder argument that named it."""
+
+    path: Path
+    relpath: str
+    """"a/b" for FOLDER/a/b/x.wav found in the argument FOLDER; "" for a file named itself."""
+
+
+def _collect_inputs(paths: List[str], out: Path) -> Tuple[List[_Input], List[str]]:
+    """Audio files named or found (recursively) in the folders given, each once, and never one
+    under the output folder (the stems of an earlier run); problems as one line each."""
     from ..audio import is_audio_file
 
-    files: List[Path] = []
+    out = out.resolve()
+    inputs: List[_Input] = []
+    seen = set()
     problems: List[str] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p)
+                           and out not in p.resolve().parents)
             if not found:
                 problems.append(f"{path}: folder holds no audio files")
-            files.extend(found)
+            named = [_Input(p, p.parent.relative_to(path).as_posix()) for p in found]
         elif path.exists():
-            files.append(path)
+            named = [_Input(path, "")]
         else:
             problems.append(f"{path}: no such file")
-    return files, problems
+            continue
+        for item in named:
+            key = item.path.resolve()
+            if key not in seen:  # a file named twice, or named and found in a folder given too
+                seen.add(key)
+                inputs.append(item)
+    return inputs, problems
 
 
-def _track_name(path: Path) -> str:
+def _track_name(path: Path) -> Tuple[str, str]:
+    """(name, extension without its dot): ("song", "mp3"), ("a", "stem.mp4")."""
     name = path.name
     for suffix in (".stem.mp4", ".stem.m4a"):
         if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+            return name[: -len(suffix)], name[-len(suffix) + 1:]
+    return path.stem, path.suffix[1:]
 
 
-def _stem_paths(args: argparse.Namespace, path: Path, stems: List[str]) -> Dict[str, Path]:
-    ext = args.format
+def _stem_paths(args: argparse.Namespace, item: _Input, stems: List[str]) -> Dict[str, Path]:
+    """{stem: output path} of one input, from --out and --filename (empty parts of the path dropped)."""
+    track, trackext = _track_name(item.path)
     out = {}
     for stem in stems:
-        relative = args.filename.format(track=_track_name(path), stem=stem, ext=ext)
-        out[stem] = Path(args.out) / relative
+        relative = args.filename.format(track=track, trackext=trackext, relpath=item.relpath, stem=stem,
+                                        ext=args.format)
+        parts = [part for part in relative.split("/") if part not in ("", ".")]
+        out[stem] = Path(args.out).joinpath(*parts)
     return out
+
+
+def _refuse_collisions(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
+    """A usage error naming both inputs when two of them would write the same file."""
+    import os
+
+    writer: Dict[str, Path] = {}
+    for item in inputs:
+        for target in _stem_paths(args, item, stems).values():
+            key = os.path.normcase(os.path.abspath(target))
+            if key in writer:
+                hint = "{trackext}" if _track_name(writer[key])[1] != _track_name(item.path)[1] else "{relpath}"
+                raise UsageError(f"{writer[key]} and {item.path} would both write {target}: "
+                                 f"put {hint} in --filename (now {args.filename!r})")
+            writer[key] = item.path
 
 
 class _Cancelled(Exception):
     """Raised inside a worker's progress callback once Ctrl-C was pressed."""
 
 
-def _separate_one(args, separator, path: Path, wanted: List[str], position: int, cancel) -> str:
+def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel) -> str:
     """Separate one input into its stem files; returns the summary line."""
     import time
 
     from ..separator import OutputOptions
 
-    targets = _stem_paths(args, path, wanted)
+    path = item.path
+    targets = _stem_paths(args, item, wanted)
     output = OutputOptions(format=args.format, bit_depth=args.bit_depth or 16, mp3_bitrate=args.mp3_bitrate or 320,
                            samplerate=args.samplerate, clip=args.clip, force=args.force)
     started = time.monotonic()
@@ -165,6 +212,20 @@ def _separate_one(args, separator, path: Path, wanted: List[str], position: int,
             f"{written.seconds / max(took, 1e-9):.1f}x real time{note})")
 
 
+def _wanted(args: argparse.Namespace, sources: List[str]) -> List[str]:
+    """The stems to write, of a bundle that separates `sources`."""
+    if args.two_stems:
+        if args.two_stems not in sources:
+            raise UsageError(f"--two-stems {args.two_stems}: this bundle separates {', '.join(sources)} only")
+        return [args.two_stems, f"no_{args.two_stems}"]
+    if args.stems:
+        missing = [s for s in args.stems if s not in sources]
+        if missing:
+            raise UsageError(f"--stems {','.join(missing)}: this bundle separates {', '.join(sources)} only")
+        return list(args.stems)
+    return list(sources)
+
+
 def _error_line(path: Path, exc: BaseException) -> str:
     return f"danna-sep: {exc}" if str(path) in str(exc) else f"danna-sep: {path}: {exc}"
 
@@ -177,7 +238,13 @@ def run(args: argparse.Namespace) -> int:
     problem = _usage_problem(args)
     if problem is not None:
         raise UsageError(problem)
-    files, problems = _collect_inputs(args.inputs)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, not a folder")
+    files, problems = _collect_inputs(args.inputs, out)
+    # Every source a bundle can have, until the bundle says which it has (never more).
+    wanted = _wanted(args, list(SOURCES))
+    _refuse_collisions(args, files, wanted)
     for line in problems:
         print(f"danna-sep: {line}", file=sys.stderr)
     if not files:
@@ -186,34 +253,22 @@ def run(args: argparse.Namespace) -> int:
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=args.device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
     )
-
-    sources = separator.sources
-    if args.two_stems:
-        if args.two_stems not in sources:
-            raise UsageError(f"--two-stems {args.two_stems}: this bundle separates {', '.join(sources)} only")
-        wanted = [args.two_stems, f"no_{args.two_stems}"]
-    elif args.stems:
-        missing = [s for s in args.stems if s not in sources]
-        if missing:
-            raise UsageError(f"--stems {','.join(missing)}: this bundle separates {', '.join(sources)} only")
-        wanted = list(args.stems)
-    else:
-        wanted = sources
+    wanted = _wanted(args, separator.sources)
 
     failures = len(problems)
     cancel = threading.Event()
 
-    def one(path: Path, position: int) -> Optional[str]:
+    def one(item: _Input, position: int) -> Optional[str]:
         """The summary line, or None after printing the error line."""
         try:
-            return _separate_one(args, separator, path, wanted, position, cancel)
+            return _separate_one(args, separator, item, wanted, position, cancel)
         except DannaSepError as exc:
-            print(_error_line(path, exc), file=sys.stderr)
+            print(_error_line(item.path, exc), file=sys.stderr)
             return None
 
     if args.jobs == 1:
-        for path in files:
-            line = one(path, 0)
+        for item in files:
+            line = one(item, 0)
             if line is None:
                 failures += 1
             elif not args.quiet:
@@ -228,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(max(1, torch.get_num_threads() // args.jobs))
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(one, path, i % args.jobs): path for i, path in enumerate(files)}
+        futures = [pool.submit(one, item, i % args.jobs) for i, item in enumerate(files)]
         try:
             for future in as_completed(futures):
                 try:
