@@ -30,7 +30,8 @@ def register(subparsers) -> None:
     parser.add_argument("--root", required=True, help="MUSDB18-HQ / MUSDB18 root (train/, test/) or a folder of track folders")
     parser.add_argument("--subset", choices=["train", "test"], default="test", help="(default: %(default)s)")
     parser.add_argument("--split", choices=["train", "valid"], default=None,
-                        help="with --subset train: MUSDB18's validation tracks (valid) or the rest (train)")
+                        help="with --subset train: its validation tracks (valid) or the rest (train): "
+                             "those of ROOT/valid.txt, else MUSDB18's 14, else the ones training holds out")
     parser.add_argument("--limit", type=ranged(int, 1), default=None, metavar="N", help="only the first N tracks (by name)")
     which = parser.add_argument_group("what to score (one of)").add_mutually_exclusive_group(required=True)
     add_model_arguments(which, parser)
