@@ -454,3 +454,15 @@ def test_audio_extensions():
         assert is_audio_file(name), name
     for name in ["notes.txt", "cover.jpg", "wav", ".x.wav.tmp-1234abcd.wav", "._song.wav", "model.safetensors"]:
         assert not is_audio_file(name), name
+
+
+def test_a_file_is_written_in_the_format_its_name_says(tmp_path):
+    wav = sine(440, 8000, 0.1)
+    assert soundfile.info(write_audio(tmp_path / "a.flac", wav, 8000)).format == "FLAC"
+    assert soundfile.info(write_audio(tmp_path / "b.WAV", wav, 8000)).format == "WAV"
+    assert soundfile.info(write_audio(tmp_path / "c.out", wav, 8000, format="flac")).format == "FLAC"  # no audio name
+    with pytest.raises(ValueError, match="a .wav file cannot hold flac"):
+        write_audio(tmp_path / "d.wav", wav, 8000, format="flac")
+    with pytest.raises(ValueError, match="cannot write .ogg files"):
+        write_audio(tmp_path / "e.ogg", wav, 8000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "b.WAV", "c.out"]

@@ -454,3 +454,63 @@ def test_two_inputs_writing_one_file_are_refused_before_any_work(tmp_path, capsy
     assert line.startswith(f"danna-sep: {first} and {second} would both write {out / first.stem / 'drums.wav'}"), line
     assert hint in line
     assert not out.exists()
+
+
+# --- formats that are what they say ---------------------------------------------------------
+
+@pytest.mark.parametrize("extra,words", [
+    (["--format", "flac", "--filename", "{track}/{stem}.wav"],
+     "--format flac: --filename '{track}/{stem}.wav' names .wav files; drop --format, or end --filename in .{ext}"),
+    (["--filename", "{track}/{stem}.ogg"], "--filename '{track}/{stem}.ogg': its files must end in .{ext}, .wav, .flac"),
+    (["--filename", "{track}/{stem}.{trackext}"], "its files must end in .{ext}, .wav, .flac or .mp3, not .{trackext}"),
+    (["--filename", "{stem}.mp3", "--bit-depth", "24"], "--bit-depth is for wav and flac: mp3 has no bit depth"),
+    (["--filename", "{stem}.FLAC", "--bit-depth", "32"], "flac takes --bit-depth 16 or 24"),
+])
+def test_a_format_the_file_name_contradicts_is_a_usage_error(tmp_path, capsys, no_model_loads, extra, words):
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    code, line = usage_error(["separate", str(source), "-o", str(tmp_path / "out")] + extra, capsys)
+    assert code == 2 and words in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_file_name_extension_names_the_container(tmp_path, tiny_bundle):
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    out = tmp_path / "out"
+    common = ["separate", str(source), "--bundle", str(tiny_bundle), "-q", "--two-stems", "vocals"]
+    assert main(common + ["-o", str(out), "--filename", "{track}/{stem}.flac"]) == 0
+    assert main(common + ["-o", str(out), "--filename", "{track}/{stem}.{ext}", "--format", "mp3"]) == 0
+    for name, container in (("vocals.flac", "FLAC"), ("no_vocals.flac", "FLAC"), ("vocals.mp3", "MP3")):
+        assert sf.info(out / "in" / name).format == container, name
+
+    # the API: each target in the format its name says; a contradicting format is refused up front
+    from danna_sep.separator import OutputOptions, Separator
+
+    separator = Separator(tiny_bundle, device="cpu")
+    api = tmp_path / "api"
+    separator.write_stems(source, {"vocals": api / "v.wav", "no_vocals": api / "rest.flac"})
+    assert (sf.info(api / "v.wav").format, sf.info(api / "rest.flac").format) == ("WAV", "FLAC")
+    with pytest.raises(ValueError, match="a .flac file cannot hold wav"):
+        separator.write_stems(source, {"no_vocals": tmp_path / "lie" / "rest.flac"}, OutputOptions(format="wav"))
+    assert not (tmp_path / "lie").exists()
+
+
+@pytest.mark.parametrize("written,extra,subtype", [
+    ({"subtype": "PCM_16"}, [], "PCM_16"),
+    ({"subtype": "PCM_24", "format": "FLAC"}, [], "PCM_24"),
+    ({"subtype": "FLOAT"}, [], "FLOAT"),
+    ({"subtype": "FLOAT"}, ["--format", "flac"], "PCM_24"),
+    ({"subtype": "PCM_24"}, ["--bit-depth", "16"], "PCM_16"),
+    ({"subtype": "PCM_24"}, ["--filename", "{track}/{stem}.mp3"], None),
+    ({"format": "MP3"}, [], "PCM_16"),  # a lossy input has no bit depth
+])
+def test_bit_depth_defaults_to_the_inputs(tmp_path, tiny_bundle, written, extra, subtype):
+    source = tmp_path / f"in.{written.get('format', 'wav').lower()}"
+    sf.write(source, song(1.0, 44100) * 0.5, 44100, **written)
+    out = tmp_path / "out"
+    assert main(["separate", str(source), "-o", str(out), "--bundle", str(tiny_bundle), "-q", "--stems", "bass"]
+                + extra) == 0
+    [stem] = list((out / "in").iterdir())
+    info = sf.info(stem)
+    assert info.subtype == (subtype or "MPEG_LAYER_III"), (stem.name, info.subtype)

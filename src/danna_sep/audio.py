@@ -51,6 +51,9 @@ AUDIO_EXTENSIONS: frozenset = frozenset(
 Format = Literal["wav", "flac", "mp3"]
 BitDepth = Literal[16, 24, 32]
 
+#: File extensions that name an output format; a target named so is written in it.
+FORMAT_EXTENSIONS = {".wav": "wav", ".wave": "wav", ".flac": "flac", ".mp3": "mp3"}
+
 _WAV_SUBTYPES = {16: "PCM_16", 24: "PCM_24", 32: "FLOAT"}
 _FLAC_SUBTYPES = {16: "PCM_16", 24: "PCM_24"}
 # Sample rates an MP3 stream can carry (MPEG-1, MPEG-2 and MPEG-2.5 layer III).
@@ -647,6 +650,58 @@ def _reserve_temporary(parent: Path, name: str, extension: str) -> Path:
     raise AudioError(f"{parent}: cannot create a temporary file")
 
 
+def output_format(path: PathLike, format: Optional[str] = None) -> str:
+    """The format to write `path` in: the one its extension names (.wav, .flac, .mp3), else
+    `format`, else wav. A `format` that the extension contradicts, or an audio extension
+    that cannot be written (.ogg, .m4a, ...), is a ValueError: the file would lie about
+    what it holds."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    named = FORMAT_EXTENSIONS.get(suffix)
+    if named is not None:
+        if format is not None and format != named:
+            raise ValueError(f"{path}: a {suffix} file cannot hold {format}; name it .{format} or write {named}")
+        return named
+    if suffix in AUDIO_EXTENSIONS:
+        raise ValueError(f"{path}: cannot write {suffix} files; name it .wav, .flac or .mp3")
+    return format or "wav"
+
+
+def default_bit_depth(format: str, source: Optional[int]) -> Optional[int]:
+    """The bit depth to write `format` at for a source of `source` bits (see `source_bit_depth`):
+    the source's, as far as the format holds it (flac: at most 24), 16 for a source without
+    one; None for mp3."""
+    if format == "mp3":
+        return None
+    depth = source or 16
+    return min(depth, 24) if format == "flac" else depth
+
+
+def source_bit_depth(path: PathLike) -> Optional[int]:
+    """The bit depth an audio file's samples carry, as an output would keep it: 16 or 24 for
+    PCM (8-bit counts as 16, 32-bit integers as 32), 32 for floating point; None where the
+    coding has none (mp3, aac, vorbis, opus: lossy) or the file cannot be read."""
+    try:
+        subtype = soundfile.info(str(path)).subtype
+    except (soundfile.SoundFileError, RuntimeError, TypeError, ValueError):
+        subtype = None
+    if subtype is not None:
+        return {"PCM_S8": 16, "PCM_U8": 16, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32, "FLOAT": 32,
+                "DOUBLE": 32, "ALAC_16": 16, "ALAC_20": 24, "ALAC_24": 24, "ALAC_32": 32}.get(subtype)
+    try:
+        container, audio, _ = _open_pyav(Path(path))
+    except AudioError:  # reading the file will say what is wrong with it
+        return None
+    with container:
+        codec = audio[0].codec_context
+        bits = codec.bits_per_raw_sample or 0
+        if codec.name.startswith("pcm_f"):
+            return 32
+        if codec.name.startswith("pcm_") or codec.name in ("alac", "flac", "wavpack", "tta", "ape"):
+            return 16 if bits <= 16 else 24 if bits <= 24 else 32
+    return None
+
+
 def _check_write_options(path: Path, format: str, bit_depth: int, mp3_bitrate: int, samplerate: int) -> None:
     if format not in ("wav", "flac", "mp3"):
         raise ValueError(f"format must be 'wav', 'flac' or 'mp3', got {format!r}")
@@ -670,7 +725,8 @@ class AudioWriter:
     KeyboardInterrupt included) removes it. Blocks are float `(channels, samples)`
     tensors; PCM samples are clamped to [-1, 1] before quantisation. Formats: wav (PCM
     16/24 or 32-bit float), flac (16/24) and mp3 (constant bitrate; rates MP3 cannot carry
-    are resampled to a close one with a warning). An existing target is an AudioError
+    are resampled to a close one with a warning); a target named .wav, .flac or .mp3 is
+    written in that format (see `output_format`). An existing target is an AudioError
     unless `force`; missing folders are made.
     """
 
@@ -679,12 +735,13 @@ class AudioWriter:
         path: PathLike,
         samplerate: int,
         channels: int,
-        format: Format = "wav",
+        format: Optional[Format] = None,
         bit_depth: BitDepth = 16,
         mp3_bitrate: int = 320,
         force: bool = False,
     ):
         self.path = path = Path(path)
+        format = output_format(path, format)
         _check_write_options(path, format, bit_depth, mp3_bitrate, samplerate)
         if format == "mp3" and channels > 2:
             raise AudioError(f"{path}: mp3 holds 1 or 2 channels, got {channels}")
@@ -833,7 +890,7 @@ def write_audio(
     path: PathLike,
     wav: torch.Tensor,
     samplerate: int,
-    format: Format = "wav",
+    format: Optional[Format] = None,
     bit_depth: BitDepth = 16,
     mp3_bitrate: int = 320,
     force: bool = False,
@@ -843,6 +900,7 @@ def write_audio(
     See `AudioWriter` for the formats; this writes the whole tensor at once.
     """
     path = Path(path)
+    format = output_format(path, format)
     _check_write_options(path, format, bit_depth, mp3_bitrate, samplerate)
     frames = _as_frames(path, wav)
     with AudioWriter(path, samplerate, frames.shape[1], format=format, bit_depth=bit_depth,

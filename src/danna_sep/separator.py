@@ -178,7 +178,8 @@ class Separator:
     ) -> "StemsWritten":
         """Separate an audio file straight into stem files, in memory bounded by the segment.
 
-        `targets` maps stem names (sources, or `no_X` for everything but X) to output paths.
+        `targets` maps stem names (sources, or `no_X` for everything but X) to output paths,
+        each written in the format its extension names (.wav, .flac, .mp3; see `OutputOptions`).
         The input is decoded block by block onto disk, separated into float spools (pass 1),
         then each stem is scaled as `output.clip` says, resampled to the output rate, cut to
         the input's exact length and encoded (pass 2). Every file goes to a temporary name and
@@ -210,8 +211,12 @@ ClipMode = Literal["rescale", "clamp", "none"]
 class OutputOptions:
     """How `Separator.write_stems` writes stems."""
 
-    format: Literal["wav", "flac", "mp3"] = "wav"
-    bit_depth: Literal[16, 24, 32] = 16
+    format: Optional[Literal["wav", "flac", "mp3"]] = None
+    """None: each target's extension says (.wav, .flac, .mp3), wav for any other name. A
+    format that a target's extension contradicts is refused before anything is separated."""
+    bit_depth: Optional[Literal[16, 24, 32]] = None
+    """16 or 24 bit PCM, or 32 bit float (wav only); None: the input's (16 or 24 bit PCM,
+    32 bit float for a float input; at most 24 in flac; 16 for a lossy input)."""
     mp3_bitrate: int = 320
     samplerate: Optional[int] = None
     """Output rate; None keeps the input's."""
@@ -253,7 +258,7 @@ def _write_stems(
 ) -> StemsWritten:
     import soxr
 
-    from .audio import AudioError, AudioWriter, load_spooled
+    from .audio import AudioError, AudioWriter, default_bit_depth, load_spooled, output_format, source_bit_depth
     from .spool import Spool
 
     sources = separator.sources
@@ -261,6 +266,9 @@ def _write_stems(
         if name not in sources and not (name.startswith("no_") and name[3:] in sources):
             raise ValueError(f"unknown stem {name!r} (sources: {', '.join(sources)})")
     final = {name: Path(t) for name, t in targets.items()}
+    formats = {name: output_format(target, output.format) for name, target in final.items()}
+    source_depth = source_bit_depth(path) if output.bit_depth is None else None
+    depths = {name: output.bit_depth or default_bit_depth(fmt, source_depth) for name, fmt in formats.items()}
     if not output.force:
         for target in final.values():
             if target.exists() or target.is_symlink():
@@ -293,7 +301,7 @@ def _write_stems(
         # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
         for name, target in final.items():
             writers[name] = writer = AudioWriter(
-                target, out_rate, 2, format=output.format, bit_depth=output.bit_depth,
+                target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
                 mp3_bitrate=output.mp3_bitrate, force=output.force,
             )
             resampler = None

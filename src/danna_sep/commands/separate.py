@@ -21,6 +21,7 @@ from .options import add_engine_arguments, add_model_arguments, comma_list, rang
 log = logging.getLogger(__name__)
 
 TEMPLATE_FIELDS = ("track", "trackext", "relpath", "stem", "ext")
+FORMATS = ["wav", "flac", "mp3"]
 DEFAULT_TEMPLATE = "{relpath}/{track}/{stem}.{ext}"
 
 
@@ -41,9 +42,12 @@ def register(subparsers) -> None:
                            "argument it was found in (empty for a file named itself; empty parts of "
                            "the path are dropped), {stem} and {ext} the stem's name and file extension "
                            "(default: %(default)s)")
-    what.add_argument("--format", choices=["wav", "flac", "mp3"], default="wav")
+    what.add_argument("--format", choices=FORMATS, default=None,
+                      help="the stems' format, where --filename ends in .{ext} (which it then names); "
+                           "a --filename ending in .wav, .flac or .mp3 names it instead (default: wav)")
     what.add_argument("--bit-depth", type=int, choices=[16, 24, 32], default=None,
-                      help="16 or 24 bit PCM, or 32 bit float (wav only) (default: 16)")
+                      help="16 or 24 bit PCM, or 32 bit float (wav only) (default: the input's: 16 or "
+                           "24 bit, 32 bit float for a float input, 16 for a lossy one; at most 24 in flac)")
     what.add_argument("--mp3-bitrate", type=ranged(int, 8, 320, " kbps"), default=None,
                       help="with --format mp3, 8 to 320 kbps (default: 320)")
     what.add_argument("--samplerate", type=ranged(int, 8000, 384000, " Hz"), default=None,
@@ -75,6 +79,25 @@ def template(text: str) -> str:
     if text.startswith("/"):
         raise argparse.ArgumentTypeError(f"{text!r}: names a path below --out, not an absolute one")
     return text
+
+
+def _template_format(args: argparse.Namespace) -> str:
+    """The format the stems are written in: the one --filename's extension names, else
+    --format, else wav; a --format the extension contradicts is a usage error."""
+    from ..audio import AUDIO_EXTENSIONS, FORMAT_EXTENSIONS
+
+    name = args.filename.rsplit("/", 1)[-1]
+    extension = "." + name.rsplit(".", 1)[1] if "." in name else ""
+    if extension == ".{ext}" or "{" not in extension and extension.lower() not in AUDIO_EXTENSIONS:
+        return args.format or "wav"
+    named = FORMAT_EXTENSIONS.get(extension.lower())
+    if named is None:
+        raise UsageError(f"--filename {args.filename!r}: its files must end in .{{ext}}, .wav, .flac or .mp3, "
+                         f"not {extension}")
+    if args.format is not None and args.format != named:
+        raise UsageError(f"--format {args.format}: --filename {args.filename!r} names {extension} files; "
+                         f"drop --format, or end --filename in .{{ext}}")
+    return named
 
 
 def _usage_problem(args: argparse.Namespace) -> Optional[str]:
@@ -182,7 +205,7 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
 
     path = item.path
     targets = _stem_paths(args, item, wanted)
-    output = OutputOptions(format=args.format, bit_depth=args.bit_depth or 16, mp3_bitrate=args.mp3_bitrate or 320,
+    output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate or 320,
                            samplerate=args.samplerate, clip=args.clip, force=args.force)
     started = time.monotonic()
     bar = None
@@ -235,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..separator import Separator
 
+    args.format = _template_format(args)
     problem = _usage_problem(args)
     if problem is not None:
         raise UsageError(problem)
