@@ -1,6 +1,7 @@
 """End to end through the command line, with a tiny bundle and generated songs."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,6 +339,8 @@ def usage_error(argv, capsys):
     (["--format", "flac", "--bit-depth", "32"], "flac takes --bit-depth 16 or 24"),
     (["--stems", "drums", "--two-stems", "vocals"], "--stems and --two-stems exclude each other"),
     (["--fast"], "--fast picks members of the original checkpoints: give --checkpoints too"),
+    (["--force", "--skip-existing"], "--force overwrites existing stems, --skip-existing keeps them: give one"),
+    (["-q", "-v"], "argument -v/--verbose: not allowed with argument -q/--quiet"),
     (["--filename", "{album}/{stem}.{ext}"], "argument --filename: '{album}/{stem}.{ext}': unknown field {album}"),
     (["--filename", "/tmp/{stem}.{ext}"], "argument --filename: '/tmp/{stem}.{ext}': names a path below --out"),
     (["--filename", "{track"], "argument --filename: invalid template value: '{track'"),
@@ -514,3 +517,115 @@ def test_bit_depth_defaults_to_the_inputs(tmp_path, tiny_bundle, written, extra,
     [stem] = list((out / "in").iterdir())
     info = sf.info(stem)
     assert info.subtype == (subtype or "MPEG_LAYER_III"), (stem.name, info.subtype)
+
+
+# --- reruns and scripts ---------------------------------------------------------------------
+
+def _records(out: str) -> list:
+    """The JSON objects of --json's stdout, one per line."""
+    import json
+
+    lines = out.strip().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_json_says_what_became_of_each_input_and_matches_the_files(tmp_path, tiny_bundle, capsys):
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    sf.write(inputs / "a.wav", song(1.5, 44100), 44100)
+    sf.write(inputs / "sub" / "b.flac", song(1.0, 48000, seed=2), 48000)
+    (inputs / "broken.wav").write_text("not audio")
+    missing = tmp_path / "missing.wav"
+    out = tmp_path / "out"
+    code = main(["separate", str(inputs), str(missing), "-o", str(out), "--bundle", str(tiny_bundle),
+                 "--stems", "vocals,bass", "--json", "--precision", "float32", "-q"])
+    captured = capsys.readouterr()
+    assert code == 1
+    records = {Path(r["input"]).name: r for r in _records(captured.out)}
+    assert sorted(records) == ["a.wav", "b.flac", "broken.wav", "missing.wav"]
+    assert records["missing.wav"]["status"] == "failed" and records["missing.wav"]["error"] == "no such file"
+    assert records["broken.wav"]["status"] == "failed" and "not an audio file" in records["broken.wav"]["error"]
+    assert records["broken.wav"]["outputs"] == {}
+    written = []
+    for name, seconds in (("a.wav", 1.5), ("b.flac", 1.0)):
+        record = records[name]
+        assert record["status"] == "done" and record["error"] is None, record
+        assert sorted(record["outputs"]) == ["bass", "vocals"]
+        assert record["audio_seconds"] == pytest.approx(seconds)
+        assert record["compute_seconds"] > 0
+        assert record["real_time_factor"] == pytest.approx(record["compute_seconds"] / seconds, rel=1e-3)
+        assert (record["device"], record["precision"], record["bundle"]) == ("cpu", "float32", str(tiny_bundle))
+        assert record["models"] == [m.name for m in tiny_members(seed=10)]
+        for path in record["outputs"].values():
+            assert sf.info(path).duration == pytest.approx(seconds)
+            written.append(Path(path))
+    assert sorted(written) == sorted(p for p in out.rglob("*") if p.is_file())
+    assert "{" not in captured.err  # JSON on stdout only; the error lines on stderr
+    assert sum(line.startswith("danna-sep: ") for line in captured.err.splitlines()) == 2
+
+
+def test_skip_existing_finishes_a_batch_and_a_finished_rerun_exits_0(tmp_path, tiny_bundle, capsys, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a", "b"):
+        sf.write(inputs / f"{name}.wav", song(1.0, 44100, seed=len(name)), 44100)
+    out = tmp_path / "out"
+    argv = ["separate", str(inputs), "-o", str(out), "--bundle", str(tiny_bundle)]
+    assert main(argv + ["-q"]) == 0
+    capsys.readouterr()
+    assert main(argv + ["-q"]) == 1  # without it, a rerun is refused: the stems are there
+    assert "already exists (use --force to overwrite)" in capsys.readouterr().err
+
+    # one stem gone: only it is written again, the rest is kept as it is
+    kept = {p: p.read_bytes() for p in out.rglob("*.wav")}
+    (out / "b" / "other.wav").unlink()
+    assert main(argv + ["--skip-existing", "--json"]) == 0
+    captured = capsys.readouterr()
+    records = {Path(r["input"]).name: r for r in _records(captured.out)}
+    assert records["a.wav"]["status"] == "skipped"
+    assert records["a.wav"]["outputs"] == {s: str(out / "a" / f"{s}.wav") for s in bundles.SOURCES}
+    assert records["b.wav"]["status"] == "done"
+    assert records["b.wav"]["outputs"] == {"other": str(out / "b" / "other.wav")}
+    assert f"danna-sep: {inputs / 'a.wav'}: skipped, its stems are there already" in captured.err
+    assert "2 inputs: 1 done, 1 skipped, 0 failed" in captured.err
+    for path, data in kept.items():
+        assert path.read_bytes() == data, path
+    assert sf.info(out / "b" / "other.wav").frames == 44100
+
+    # everything there: no model is even loaded, and the rerun exits 0
+    import danna_sep.separator
+
+    def loud(*args, **kwargs):
+        raise AssertionError("a model was loaded for a batch that is finished")
+
+    monkeypatch.setattr(danna_sep.separator, "resolve_bundle", loud)
+    assert main(argv + ["--skip-existing", "--json", "-q"]) == 0
+    assert [r["status"] for r in _records(capsys.readouterr().out)] == ["skipped", "skipped"]
+
+
+def test_verbose_says_device_precision_bundle_and_timings_and_quiet_says_nothing(tmp_path, tiny_bundle, capsys):
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    argv = ["separate", str(source), "--bundle", str(tiny_bundle), "--precision", "float32", "--stems", "drums"]
+    assert main(argv + ["-o", str(tmp_path / "v"), "-v"]) == 0
+    err = capsys.readouterr().err
+    assert f"danna-sep: bundle {tiny_bundle} (" in err and ", on cpu in float32, loaded in " in err
+    assert f"danna-sep: {source}: 1.0 s of audio: decoded and separated in " in err and " s, encoded in " in err
+    assert "in.wav -> " in err and "real-time factor" in err
+    assert main(argv + ["-o", str(tmp_path / "plain")]) == 0
+    err = capsys.readouterr().err
+    assert "in.wav -> " in err and "loaded in" not in err and "decoded and separated" not in err
+    assert main(argv + ["-o", str(tmp_path / "q"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_warnings_go_through_the_bars_on_their_own_line(tmp_path, tiny_bundle, capsys):
+    """Logging is set up once in main: a library warning (a 5.1 downmix) is one line of its
+    own, prefixed danna-sep:, even while a progress bar is on screen."""
+    source = tmp_path / "surround.wav"
+    sf.write(source, np.concatenate([song(1.0, 44100)] * 3, axis=1), 44100)
+    assert main(["separate", str(source), "-o", str(tmp_path / "out"), "--bundle", str(tiny_bundle)]) == 0
+    lines = [line.split("\r")[-1].rstrip() for line in capsys.readouterr().err.split("\n")]
+    warning = (f"danna-sep: {source}: 6 channels downmixed to stereo "
+               "(ITU-R BS.775 5.1 downmix, LFE dropped)")
+    assert lines.count(warning) == 1, lines

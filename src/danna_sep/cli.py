@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from . import __version__
 from .commands.options import Parser
 from .errors import INTERRUPTED, DannaSepError
+
+log = logging.getLogger("danna_sep")
 
 
 # Subcommands that live in their own modules under danna_sep.commands; each module has
@@ -41,14 +44,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as done:  # --help, --version, or argparse's one-line usage error (2)
         return int(done.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
+    with _logging(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False)):
+        try:
+            return handler(args)
+        except DannaSepError as error:  # the one place where a user's problem becomes an exit code
+            log.error("%s", error)
+            return error.exit_code
+        except KeyboardInterrupt:
+            log.error("interrupted")
+            return INTERRUPTED
+
+
+@contextlib.contextmanager
+def _logging(verbose: bool, quiet: bool) -> Iterator[None]:
+    """The package's log lines, on stderr as `danna-sep: message` (through tqdm, so that they
+    never land on a progress bar): info and up, debug too with -v, warnings and errors
+    only with -q. Undone on the way out, so that main can be called again."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    logger = logging.getLogger("danna_sep")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("danna-sep: %(message)s"))
+    level = logger.level
+    logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logger.addHandler(handler)
     try:
-        return handler(args)
-    except DannaSepError as error:  # the one place where a user's problem becomes an exit code
-        print(f"danna-sep: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("danna-sep: interrupted", file=sys.stderr)
-        return INTERRUPTED
+        with logging_redirect_tqdm(loggers=[logger]):
+            yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def run() -> None:

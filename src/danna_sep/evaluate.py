@@ -449,7 +449,7 @@ def evaluate_tracks(
         nonlocal done
         report.tracks[name] = scores
         done += 1
-        log.info("%s: %s", name, ", ".join(f"{s} {v['SDR']:.2f}" for s, v in scores.items()))
+        log.debug("%s: %s", name, ", ".join(f"{s} {v['SDR']:.2f}" for s, v in scores.items()))
         if progress is not None:
             progress(done, total)
 

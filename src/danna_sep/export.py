@@ -164,8 +164,8 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
         fitted = {"tracks": [t.name for t in fit_tracks], "member_sdr": fit.member_sdr,
                   "blend_sdr": fit.blend_sdr}
         for t, table, alone in zip(trained, tables, fit.member_sdr):
-            log.info("%s: weights %s; alone %s", t.name, table, {k: round(v, 2) for k, v in alone.items()})
-        log.info("blend: %s", {k: round(v, 2) for k, v in fit.blend_sdr.items()})
+            log.debug("%s: weights %s; alone %s", t.name, table, {k: round(v, 2) for k, v in alone.items()})
+        log.debug("blend: %s", {k: round(v, 2) for k, v in fit.blend_sdr.items()})
     else:
         tables = blend_tables(trained, blend)
     for source in SOURCES:

@@ -239,6 +239,10 @@ class StemsWritten:
     samplerate: int
     scale: float
     """The factor `clip="rescale"` applied (1.0 when no stem went past full scale)."""
+    separating_seconds: float = 0.0
+    """Wall-clock time of pass 1: decoding the input and separating it into spools."""
+    encoding_seconds: float = 0.0
+    """Wall-clock time of pass 2: scaling, resampling and encoding the stems."""
 
 
 def _stem_block(block: torch.Tensor, sources: list, name: str) -> torch.Tensor:
@@ -256,6 +260,8 @@ def _write_stems(
     output: OutputOptions,
     progress: Optional[ProgressFn],
 ) -> StemsWritten:
+    import time
+
     import soxr
 
     from .audio import AudioError, AudioWriter, default_bit_depth, load_spooled, output_format, source_bit_depth
@@ -274,6 +280,7 @@ def _write_stems(
             if target.exists() or target.is_symlink():
                 raise AudioError(f"{target}: already exists (use --force to overwrite)")
 
+    started = time.monotonic()
     track, rate, length = load_spooled(path)
     out_rate = output.samplerate or rate
     out_length = length if out_rate == rate else round(length * out_rate / rate)
@@ -298,6 +305,7 @@ def _write_stems(
                 spool.append(stem)
         track.close()
         scale = 1.0 / peak if output.clip == "rescale" and peak > 1.0 else 1.0
+        separated = time.monotonic()
         # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
         for name, target in final.items():
             writers[name] = writer = AudioWriter(
@@ -338,4 +346,5 @@ def _write_stems(
         track.close()
         for spool in spools.values():
             spool.close()
-    return StemsWritten(paths=final, seconds=length / rate, samplerate=out_rate, scale=scale)
+    return StemsWritten(paths=final, seconds=length / rate, samplerate=out_rate, scale=scale,
+                        separating_seconds=separated - started, encoding_seconds=time.monotonic() - separated)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .options import ranged
+from .options import add_verbosity_arguments, ranged
 
 # The genres of danna_sep.data.corpus.compose.GENRES, named here so that --help imports no numpy.
 GENRE_NAMES = ("pop", "rock", "electronic", "ballad", "funk")
@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                         help="share of tracks in test/, spread evenly by index: track i is a test "
                              "track when floor((i+1)F) > floor(iF) (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-render and replace existing track folders")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_verbosity_arguments(parser, quiet="no progress bar or summary")
     parser.set_defaults(handler=_cmd_corpus)
 
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..distributed import leave_process_group
 from ..errors import DannaSepError, UsageError
-from .options import add_engine_arguments, add_model_arguments, ranged
+from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, ranged
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                         help="processes that score (default: %(default)s)")
     add_engine_arguments(parser.add_argument_group("processing"), precision="float32")
     parser.add_argument("--force", action="store_true", help="overwrite an existing report")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    add_verbosity_arguments(parser, quiet="no progress bar or summary")
     parser.set_defaults(handler=_cmd_evaluate)
 
 

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from .options import ranged
+from .options import add_verbosity_arguments, ranged
 
 
 def register(subparsers) -> None:
@@ -34,7 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--fit-tracks", type=ranged(int, 1), default=None, metavar="N",
                    help="fit on the first N tracks only")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_verbosity_arguments(p, quiet="no progress bar")
     p.set_defaults(handler=_run)
 
 

@@ -106,3 +106,11 @@ def add_engine_arguments(group, *, precision: str) -> None:
                             "native bfloat16 (AVX512-BF16, AMX), float32 reproduces the models exactly "
                             "and gives the same scores on every machine; auto picks bfloat16 on such "
                             "CPUs, float32 elsewhere (default: %(default)s)")
+
+
+def add_verbosity_arguments(parser, *, quiet: str) -> None:
+    """-q (only warnings and errors; `quiet` says what else it silences) and -v (debug lines
+    too); `danna_sep.cli.main` sets the log level from them."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help=quiet)
+    group.add_argument("-v", "--verbose", action="store_true", help="say more: choices made, timings")

@@ -8,15 +8,17 @@ way leaves nothing behind).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import SOURCES
 from ..errors import DannaSepError, UsageError
-from .options import add_engine_arguments, add_model_arguments, comma_list, ranged
+from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, comma_list, ranged
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +58,18 @@ def register(subparsers) -> None:
                       help="rescale: all stems of a track scaled together below full scale; "
                            "clamp: clip each sample; none: exact floats (default: %(default)s)")
     what.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    what.add_argument("--skip-existing", action="store_true",
+                      help="skip the inputs whose stems are all there already (and write only the missing "
+                           "ones of the others): a rerun finishes what an earlier one left")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per input on stdout: input, status (done, skipped, failed), "
+                        "error, outputs, audio_seconds, compute_seconds, real_time_factor, device, precision, "
+                        "bundle, models")
     how = p.add_argument_group("processing")
     add_engine_arguments(how, precision="auto")
     how.add_argument("-j", "--jobs", type=ranged(int, 1, 64), default=1,
                      help="tracks separated at once, sharing the CPU cores (default: %(default)s)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or summaries")
+    add_verbosity_arguments(p, quiet="no progress bars or summaries")
     p.set_defaults(handler=run)
 
 
@@ -109,6 +118,8 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
     # Without --bundle, the original checkpoints of $DANNA_CHECKPOINTS stand in for --checkpoints.
     if args.fast and args.checkpoints is None and (args.bundle is not None or checkpoints_folder() is None):
         return "--fast picks members of the original checkpoints: give --checkpoints too"
+    if args.force and args.skip_existing:
+        return "--force overwrites existing stems, --skip-existing keeps them: give one"
     if args.format == "mp3" and args.bit_depth is not None:
         return "--bit-depth is for wav and flac: mp3 has no bit depth (see --mp3-bitrate)"
     if args.format == "flac" and args.bit_depth == 32:
@@ -127,7 +138,7 @@ class _Input:
     """"a/b" for FOLDER/a/b/x.wav found in the argument FOLDER; "" for a file named itself."""
 
 
-def _collect_inputs(paths: List[str], out: Path) -> Tuple[List[_Input], List[str]]:
+def _collect_inputs(paths: List[str], out: Path) -> Tuple[List[_Input], List[Tuple[Path, str]]]:
     """Audio files named or found (recursively) in the folders given, each once, and never one
     under the output folder (the stems of an earlier run); problems as one line each."""
     from ..audio import is_audio_file
@@ -135,19 +146,19 @@ def _collect_inputs(paths: List[str], out: Path) -> Tuple[List[_Input], List[str
     out = out.resolve()
     inputs: List[_Input] = []
     seen = set()
-    problems: List[str] = []
+    problems: List[Tuple[Path, str]] = []
     for text in paths:
         path = Path(text)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p)
                            and out not in p.resolve().parents)
             if not found:
-                problems.append(f"{path}: folder holds no audio files")
+                problems.append((path, "folder holds no audio files"))
             named = [_Input(p, p.parent.relative_to(path).as_posix()) for p in found]
         elif path.exists():
             named = [_Input(path, "")]
         else:
-            problems.append(f"{path}: no such file")
+            problems.append((path, "no such file"))
             continue
         for item in named:
             key = item.path.resolve()
@@ -197,14 +208,97 @@ class _Cancelled(Exception):
     """Raised inside a worker's progress callback once Ctrl-C was pressed."""
 
 
-def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel) -> str:
-    """Separate one input into its stem files; returns the summary line."""
-    import time
+@dataclass
+class _Result:
+    """What became of one input: done, skipped (every stem already there) or failed."""
 
+    input: Path
+    status: str
+    outputs: Dict[str, Path] = field(default_factory=dict)
+    error: Optional[str] = None
+    audio_seconds: Optional[float] = None
+    compute_seconds: Optional[float] = None
+    scale: float = 1.0
+
+    @property
+    def real_time_factor(self) -> Optional[float]:
+        """Compute time over audio time: below 1 is faster than real time."""
+        if not self.audio_seconds or self.compute_seconds is None:
+            return None
+        return self.compute_seconds / self.audio_seconds
+
+
+def _speed(audio: float, compute: float) -> str:
+    """'20.0 s of audio in 3.1 s: real-time factor 0.16, 6.4x faster than real time'."""
+    rtf = compute / audio if audio else float("inf")
+    pace = f"{1 / rtf:.1f}x faster than real time" if rtf < 1 else f"{rtf:.1f}x slower than real time"
+    return f"{audio:.1f} s of audio in {compute:.1f} s: real-time factor {rtf:.2f}, {pace}"
+
+
+class _Report:
+    """Says what became of each input: a line on stderr, and with --json one object per
+    input on stdout; counts the outcomes for the exit code and the closing summary."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.json = args.json
+        self.results: List[_Result] = []
+        self.separator = None
+
+    def __call__(self, result: _Result) -> None:
+        self.results.append(result)
+        if result.status == "failed":
+            message = result.error or ""
+            log.error("%s", message if str(result.input) in message else f"{result.input}: {message}")
+        elif result.status == "skipped":
+            log.info("%s: skipped, its stems are there already (--skip-existing)", result.input)
+        else:
+            folder = next(iter(result.outputs.values())).parent
+            note = f", scaled by {result.scale:.3f} to avoid clipping" if result.scale != 1.0 else ""
+            log.info("%s -> %s/ (%d stems, %s%s)", result.input.name, folder, len(result.outputs),
+                     _speed(result.audio_seconds or 0.0, result.compute_seconds or 0.0), note)
+        if self.json:
+            print(json.dumps(self._record(result)), flush=True)
+
+    def _record(self, result: _Result) -> dict:
+        separator = self.separator
+        rtf = result.real_time_factor
+        return {
+            "input": str(result.input),
+            "status": result.status,
+            "outputs": {stem: str(path) for stem, path in result.outputs.items()},
+            "error": result.error,
+            "audio_seconds": result.audio_seconds,
+            "compute_seconds": None if result.compute_seconds is None else round(result.compute_seconds, 3),
+            "real_time_factor": None if rtf is None else round(rtf, 4),
+            "device": None if separator is None else str(separator.device),
+            "precision": None if separator is None else separator.options.precision,
+            "bundle": None if separator is None else separator.bundle.origin,
+            "models": None if separator is None else [m.name for m in separator.bundle.members],
+        }
+
+    def finish(self) -> int:
+        """The closing summary line (several inputs), and the exit code: 1 if any failed."""
+        count = {status: sum(r.status == status for r in self.results) for status in ("done", "skipped", "failed")}
+        if len(self.results) > 1:
+            done = [r for r in self.results if r.status == "done"]
+            audio = sum(r.audio_seconds or 0.0 for r in done)
+            speed = f" ({_speed(audio, sum(r.compute_seconds or 0.0 for r in done))})" if done else ""
+            log.info("%d inputs: %d done, %d skipped, %d failed%s", len(self.results), count["done"],
+                     count["skipped"], count["failed"], speed)
+        return 1 if count["failed"] else 0
+
+
+def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel) -> _Result:
+    """Separate one input into its stem files (those missing, with --skip-existing)."""
     from ..separator import OutputOptions
 
     path = item.path
     targets = _stem_paths(args, item, wanted)
+    if args.skip_existing:
+        there = {stem: target for stem, target in targets.items() if target.exists()}
+        if len(there) == len(targets):
+            return _Result(path, "skipped", outputs=targets)
+        targets = {stem: target for stem, target in targets.items() if stem not in there}
     output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate or 320,
                            samplerate=args.samplerate, clip=args.clip, force=args.force)
     started = time.monotonic()
@@ -229,10 +323,10 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
         if bar is not None:
             bar.close()
     took = time.monotonic() - started
-    folder = targets[wanted[0]].parent
-    note = f", scaled by {written.scale:.3f} to avoid clipping" if written.scale != 1.0 else ""
-    return (f"{path.name} -> {folder}/ ({len(targets)} stems, {written.seconds:.1f} s of audio in {took:.1f} s, "
-            f"{written.seconds / max(took, 1e-9):.1f}x real time{note})")
+    log.debug("%s: %.1f s of audio: decoded and separated in %.2f s, encoded in %.2f s", path,
+              written.seconds, written.separating_seconds, written.encoding_seconds)
+    return _Result(path, "done", outputs=dict(written.paths), audio_seconds=round(written.seconds, 3),
+                   compute_seconds=took, scale=written.scale)
 
 
 def _wanted(args: argparse.Namespace, sources: List[str]) -> List[str]:
@@ -247,10 +341,6 @@ def _wanted(args: argparse.Namespace, sources: List[str]) -> List[str]:
             raise UsageError(f"--stems {','.join(missing)}: this bundle separates {', '.join(sources)} only")
         return list(args.stems)
     return list(sources)
-
-
-def _error_line(path: Path, exc: BaseException) -> str:
-    return f"danna-sep: {exc}" if str(path) in str(exc) else f"danna-sep: {path}: {exc}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -269,35 +359,38 @@ def run(args: argparse.Namespace) -> int:
     # Every source a bundle can have, until the bundle says which it has (never more).
     wanted = _wanted(args, list(SOURCES))
     _refuse_collisions(args, files, wanted)
-    for line in problems:
-        print(f"danna-sep: {line}", file=sys.stderr)
+    report = _Report(args)
+    for path, message in problems:
+        report(_Result(path, "failed", error=message))
+    if args.skip_existing:  # tracks with every stem there need no model at all
+        for item in list(files):
+            targets = _stem_paths(args, item, wanted)
+            if all(target.exists() for target in targets.values()):
+                report(_Result(item.path, "skipped", outputs=targets))
+                files.remove(item)
     if not files:
-        return 1
-    separator = Separator(
+        return report.finish()
+
+    started = time.monotonic()
+    separator = report.separator = Separator(
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=args.device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
     )
+    log.debug("bundle %s, on %s in %s, loaded in %.2f s", separator.bundle.describe(), separator.device,
+              separator.options.precision, time.monotonic() - started)
     wanted = _wanted(args, separator.sources)
-
-    failures = len(problems)
     cancel = threading.Event()
 
-    def one(item: _Input, position: int) -> Optional[str]:
-        """The summary line, or None after printing the error line."""
+    def one(item: _Input, position: int) -> _Result:
         try:
             return _separate_one(args, separator, item, wanted, position, cancel)
-        except DannaSepError as exc:
-            print(_error_line(item.path, exc), file=sys.stderr)
-            return None
+        except DannaSepError as exc:  # this input failed; the others go on
+            return _Result(item.path, "failed", error=str(exc))
 
     if args.jobs == 1:
         for item in files:
-            line = one(item, 0)
-            if line is None:
-                failures += 1
-            elif not args.quiet:
-                print(line, file=sys.stderr)
-        return 1 if failures else 0
+            report(one(item, 0))
+        return report.finish()
 
     # Several tracks at once, in threads sharing the models (torch releases the GIL);
     # the cores are split between them so that they do not oversubscribe the CPU.
@@ -311,17 +404,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             for future in as_completed(futures):
                 try:
-                    line = future.result()
+                    report(future.result())
                 except _Cancelled:
                     continue
-                if line is None:
-                    failures += 1
-                elif not args.quiet:
-                    print(line, file=sys.stderr)
         except KeyboardInterrupt:
             cancel.set()  # running tracks stop at their next segment and clean up
             for future in futures:
                 future.cancel()
             pool.shutdown(wait=True)
             raise
-    return 1 if failures else 0
+    return report.finish()

@@ -10,27 +10,11 @@ Launched by `torchrun --nproc_per_node N -m danna_sep.cli train ...` it trains w
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from ..errors import UsageError
-from .options import device, ranged
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (tests swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # logging.StreamHandler assigns it in __init__
-        pass
+from .options import add_verbosity_arguments, device, ranged
 
 
 def register(subparsers) -> None:
@@ -63,7 +47,7 @@ def register(subparsers) -> None:
                        help="validate on N tracks: the first N listed, or N held out "
                             "(replaces data.valid_tracks)")
     p.add_argument("--force", action="store_true", help="replace a run already in RUN_DIR")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-epoch lines")
+    add_verbosity_arguments(p, quiet="no progress bar or per-epoch lines")
     p.set_defaults(handler=_run)
 
 
@@ -88,35 +72,25 @@ def _apply_validation_flags(args: argparse.Namespace, data) -> str | None:
 def _run(args: argparse.Namespace) -> int:
     from ..train import TrainError, load_config, train
 
-    handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter("danna-sep: %(message)s"))
-    logger = logging.getLogger("danna_sep")
-    previous_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    if args.resume and args.force:
+        raise UsageError("--resume and --force exclude each other")
+    config = load_config(args.config, data_root=args.data)  # a ConfigError is a usage error
+    if args.max_steps is not None:
+        config.train.max_steps = args.max_steps
+    problem = _apply_validation_flags(args, config.data)
+    if problem is not None:
+        raise UsageError(problem)
+    run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     try:
-        if args.resume and args.force:
-            raise UsageError("--resume and --force exclude each other")
-        config = load_config(args.config, data_root=args.data)  # a ConfigError is a usage error
-        if args.max_steps is not None:
-            config.train.max_steps = args.max_steps
-        problem = _apply_validation_flags(args, config.data)
-        if problem is not None:
-            raise UsageError(problem)
-        run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-        try:
-            summary = train(config, run_dir, resume=args.resume, weights=args.weights, device=args.device,
-                            force=args.force, progress=not args.quiet, config_source=str(args.config))
-        except FloatingPointError as exc:  # the loss diverged
-            raise TrainError(f"{run_dir}: {exc}") from None
-        if not args.quiet:
-            line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
-            if summary.valid:
-                line += f", validation SDR {summary.valid['mean']:.3f} dB"
-            if summary.best_checkpoint is not None:
-                line += f", best checkpoint {summary.best_checkpoint.name}"
-            print(line, file=sys.stderr)
-        return 0
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(previous_level)
+        summary = train(config, run_dir, resume=args.resume, weights=args.weights, device=args.device,
+                        force=args.force, progress=not args.quiet, config_source=str(args.config))
+    except FloatingPointError as exc:  # the loss diverged
+        raise TrainError(f"{run_dir}: {exc}") from None
+    if not args.quiet:
+        line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
+        if summary.valid:
+            line += f", validation SDR {summary.valid['mean']:.3f} dB"
+        if summary.best_checkpoint is not None:
+            line += f", best checkpoint {summary.best_checkpoint.name}"
+        print(line, file=sys.stderr)
+    return 0

@@ -237,7 +237,7 @@ def generate_corpus(
             if error is None:
                 report.written.append(names[index])
             else:
-                log.info("%s", error)
+                log.debug("%s", error)  # the command reports each failure
                 report.failed.append((names[index], error))
             done += 1
             if bar is not None:
