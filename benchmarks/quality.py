@@ -62,8 +62,14 @@ def ensure_split(root: Path, tracks: int, seconds: float, seed: int, workers: in
     from danna_sep.data import find_tracks
     from danna_sep.data.corpus import generate_corpus
 
-    report = generate_corpus(root, tracks, seconds, seed, workers=workers, test_fraction=1.0,
-                             show_progress=True)
+    from danna_sep.commands.bars import TaskBars
+
+    bars = TaskBars({"corpus": "track"})
+    try:
+        report = generate_corpus(root, tracks, seconds, seed, workers=workers, test_fraction=1.0,
+                                 progress=lambda done, total: bars("corpus", done, total, ""))
+    finally:
+        bars.close()
     if report.failed:
         name, reason = report.failed[0]
         raise common.BenchmarkError(f"{root}: {len(report.failed)} tracks could not be generated (first, {name}: "

@@ -256,7 +256,9 @@ def test_jobs_separate_several_tracks_at_once(tmp_path, tiny_bundle, capsys):
     assert main(["separate", str(inputs), "-o", str(one), "-q", *common]) == 1
     assert main(["separate", str(inputs), "-o", str(two), "-j", "2", *common]) == 1
     err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("danna-sep:") and "broken.wav" in line]
+    # what is left of each line once the bars have been redrawn (carriage returns, cursor moves)
+    lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line.split("\r")[-1]) for line in err.split("\n")]
+    errors = [line for line in lines if line.startswith("danna-sep:") and "broken.wav" in line]
     assert len(errors) == 2 and all(line.startswith(f"danna-sep: {inputs / 'broken.wav'}: not an audio file")
                                     for line in errors), errors
     assert "Traceback" not in err

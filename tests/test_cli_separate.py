@@ -1,6 +1,7 @@
 """End to end through the command line, with a tiny bundle and generated songs."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -629,3 +630,69 @@ def test_warnings_go_through_the_bars_on_their_own_line(tmp_path, tiny_bundle, c
     warning = (f"danna-sep: {source}: 6 channels downmixed to stereo "
                "(ITU-R BS.775 5.1 downmix, LFE dropped)")
     assert lines.count(warning) == 1, lines
+
+
+# --- progress ---------------------------------------------------------------------------------
+
+def test_write_stems_reports_each_segment_and_each_model_then_the_encoding(tmp_path, tiny_bundle):
+    from danna_sep.engine import plan_segments
+    from danna_sep.separator import Separator
+
+    rate = 44100
+    source = tmp_path / "six.wav"
+    sf.write(source, song(6.0, rate), rate)
+    separator = Separator(tiny_bundle, device="cpu", segment=2.0)
+    members = len(separator.bundle.members)
+    calls = []
+    separator.write_stems(source, {"vocals": tmp_path / "v.wav", "no_vocals": tmp_path / "r.wav"},
+                          progress=lambda *call: calls.append(call))
+    stages = [stage for stage, _, _ in calls]
+    first_encoding = stages.index("encoding")
+    assert set(stages[:first_encoding]) == {"separating"} and set(stages[first_encoding:]) == {"encoding"}
+    assert {total for _, _, total in calls} == {6.0}
+    separating = [done for _, done, _ in calls[:first_encoding]]
+    encoding = [done for _, done, _ in calls[first_encoding:]]
+    segments = plan_segments(6 * rate, 2 * rate, 0.25)
+    # one report after each model on each segment, moving through the segment's share of the track
+    assert len(separating) == len(segments) * members
+    assert separating == sorted(separating) and separating[-1] == 6.0
+    assert len(set(separating)) == len(separating)
+    boundaries = [start / rate for start, _ in segments[1:]] + [6.0]
+    assert [separating[(i + 1) * members - 1] for i in range(len(segments))] == pytest.approx(boundaries, abs=1e-4)
+    # the encoding: from 0 to the whole track, both stems together
+    assert encoding[0] == 0.0 and encoding == sorted(encoding) and encoding[-1] == pytest.approx(6.0)
+    assert 0 < encoding[len(encoding) // 2] < 6.0
+
+
+def test_the_bar_counts_seconds_of_audio_and_says_the_real_time_factor(tmp_path, tiny_bundle, capsys):
+    source = tmp_path / "six.wav"
+    sf.write(source, song(6.0, 44100), 44100)
+    assert main(["separate", str(source), "-o", str(tmp_path / "out"), "--bundle", str(tiny_bundle),
+                 "--segment", "2"]) == 0
+    err = capsys.readouterr().err
+    draws = [part for part in err.replace("\n", "\r").split("\r") if part.startswith("six.wav")]
+    separating = [d for d in draws if d.startswith("six.wav:")]
+    encoding = [d for d in draws if d.startswith("six.wav (encoding):")]
+    assert len(separating) >= 4 * 3, draws  # 4 segments, 3 models each
+    assert encoding and "6.0/6.0 s of audio" in encoding[-1], draws
+    assert "6.0/6.0 s of audio" in separating[-1] and "real-time factor" in separating[-1]
+    shape = (r"six\.wav( \(encoding\))?: +\d+%\|[^|]*\| \d+\.\d/\d+\.\d s of audio "
+             r"\[\d\d:\d\d<(\?|\d\d:\d\d)(, real-time factor \d+\.\d\d)?\] *")
+    assert all(re.fullmatch(shape, draw) for draw in draws), draws  # no rate in s/s or it/s
+    summary = [line for line in err.splitlines() if "six.wav -> " in line]
+    assert len(summary) == 1 and "6.0 s of audio in " in summary[0]
+    found = re.search(r"6\.0 s of audio in (\d+\.\d) s: real-time factor (\d+\.\d\d), (\d+\.\d)x "
+                      r"(faster|slower) than real time\)$", summary[0])
+    compute, factor, times, way = float(found[1]), float(found[2]), float(found[3]), found[4]
+    assert factor == pytest.approx(compute / 6.0, abs=0.01 + 0.05 / 6)  # compute time over audio time
+    assert way == ("faster" if factor < 1 else "slower")  # the factor is compute time over audio time
+    assert times == pytest.approx(1 / factor if factor < 1 else factor, rel=0.1, abs=0.1)
+
+
+def test_library_code_draws_no_progress_bar():
+    """tqdm is the command line's: library code reports progress through callbacks."""
+    import danna_sep
+
+    package = Path(danna_sep.__file__).parent
+    users = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py") if "tqdm" in p.read_text())
+    assert users == ["cli.py", "commands/bars.py", "commands/separate.py"]

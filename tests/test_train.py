@@ -684,3 +684,21 @@ def test_ddp_two_ranks_equal_one_process_with_the_doubled_batch(base, tmp_path):
     single_losses = [r["loss"] for r in read_jsonl(tmp_path / "alone" / "losses.jsonl")]
     assert len(ddp_losses) == 4
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=1e-5)
+
+
+def test_training_reports_progress_to_a_callback_and_draws_no_bar_itself(base, tmp_path, capsys):
+    """The library says how far it has got (epoch steps with the loss, validation items);
+    only the command line turns that into bars."""
+    from danna_sep.train import train
+
+    config = load_config(TINY / "unet_attn.json", data_root=str(plain_root(base)))
+    config.train.max_steps = 2
+    calls = []
+    train(config, tmp_path / "run", device="cpu", progress=lambda *call: calls.append(call))
+    epoch = [call for call in calls if call[0].startswith("epoch 1/")]
+    steps = epoch[0][2]
+    assert epoch[0][1:] == (0, steps, "") and [call[1] for call in epoch[1:]] == [1, 2]
+    assert all(call[3].startswith("loss=") for call in epoch[1:])
+    validation = [call for call in calls if call[0] == "validation"]
+    assert validation[0][1] == 0 and validation[-1][1] == validation[-1][2] > 0
+    assert "\r" not in capsys.readouterr().err  # no bar drawn

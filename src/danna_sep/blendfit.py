@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from . import MDX_EPS, SAMPLERATE
+from .progress import TaskProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def fit_blend(
     segment: float = 10.0,
     overlap: float = 0.25,
     wiener_iterations: int = 1,
-    progress: bool = False,
+    progress: Optional[TaskProgressFn] = None,
 ) -> BlendFit:
     """Separate each track (`danna_sep.data.Track`) with every model, as `danna-sep separate`
     would with its default options, and fit the blend weights on the results."""
@@ -124,11 +124,9 @@ def fit_blend(
         runners.append(ModelRunner(model, device, options))
     tracks = list(tracks)
     if progress:
-        from tqdm import tqdm
-
-        tracks = tqdm(tracks, desc="fitting the blend", unit="track", file=sys.stderr)
+        progress("fitting the blend", 0, len(tracks), "")
     stats = []
-    for track in tracks:
+    for done, track in enumerate(tracks, start=1):
         stems = track.read(stems=["mixture", *sources])
         mixture = stems["mixture"]
         references = torch.stack([stems[name] for name in sources])
@@ -140,4 +138,6 @@ def fit_blend(
                                               else torch.zeros_like(mixture) for name in sources]))
         stats.append(blend_statistics(torch.stack(estimates), references))
         log.debug("%s: statistics ready", track.name)
+        if progress:
+            progress("fitting the blend", done, len(tracks), track.name)
     return best_weights(stats, sources, len(runners), step)

@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 
 # (chunk (channels, samples)) -> (sources, channels, samples)
 SeparateFn = Callable[[torch.Tensor], torch.Tensor]
+# (samples done, samples in all): after each segment, and within one after each model of a blend
 ProgressFn = Callable[[int, int], None]
+# (fraction of the current call's work done, 0 to 1)
+StepFn = Callable[[float], None]
 
 
 class TrackSource(Protocol):
@@ -235,19 +238,28 @@ def _crossfade(overlap: int, dtype: torch.dtype) -> torch.Tensor:
     return ramp.to(dtype)
 
 
+def _call(fn: SeparateFn, chunk: torch.Tensor, step: StepFn) -> torch.Tensor:
+    """fn(chunk), saying its progress through `step`: after each model of a `Blend`, else once."""
+    if isinstance(fn, Blend):
+        return fn(chunk, step)
+    out = fn(chunk)
+    step(1.0)
+    return out
+
+
 def _shifted(fn: SeparateFn, track: TrackSource, start: int, stop: int, shifts: int,
-             max_shift: int, generator: torch.Generator) -> torch.Tensor:
+             max_shift: int, generator: torch.Generator, step: StepFn) -> torch.Tensor:
     """fn on track[start:stop], averaged over `shifts` random earlier starts (zeros before the track)."""
     if shifts == 0 or max_shift == 0:
-        return fn(track.read(start, stop))
+        return _call(fn, track.read(start, stop), step)
     total: Optional[torch.Tensor] = None
-    for _ in range(shifts):
+    for index in range(shifts):
         offset = int(torch.randint(0, max_shift + 1, (1,), generator=generator))
         begin = start - offset
         window = track.read(max(0, begin), stop)
         if begin < 0:
             window = torch.nn.functional.pad(window, [-begin, 0])
-        out = fn(window)[..., offset:]
+        out = _call(fn, window, lambda fraction, index=index: step((index + fraction) / shifts))[..., offset:]
         total = out if total is None else total + out
     assert total is not None
     return total / shifts
@@ -264,7 +276,9 @@ def stream(
 
     Yields `(start, block)` with `block` of shape `(sources, channels, n)`: consecutive,
     finished pieces of the output that together cover the track exactly once. Only the
-    current segment and the pending overlap are held in memory.
+    current segment and the pending overlap are held in memory. `progress(done, total)`
+    counts samples: it moves through each segment's share of the track as each model of a
+    blend (and each shift) finishes, and is called at least once per segment.
     """
     track = as_track(track)
     length = track.length
@@ -275,7 +289,14 @@ def stream(
     tail: Optional[torch.Tensor] = None  # previous segment's output from the next segment's start on
     emitted = 0
     for index, (start, stop) in enumerate(bounds):
-        out = _shifted(fn, track, start, stop, options.shifts, max_shift, generator)
+        # This segment's share of the track: from its start to where the next one starts.
+        goal = stop if index + 1 == len(bounds) else bounds[index + 1][0]
+
+        def step(fraction: float, start: int = start, goal: int = goal) -> None:
+            if progress is not None:
+                progress(start + int((goal - start) * fraction), length)
+
+        out = _shifted(fn, track, start, stop, options.shifts, max_shift, generator, step)
         if tail is not None:
             shared = tail.shape[-1]
             fade = _crossfade(shared, out.dtype)
@@ -290,8 +311,6 @@ def stream(
         if block.shape[-1]:
             yield emitted, block
             emitted += block.shape[-1]
-        if progress is not None:
-            progress(stop if tail is None else bounds[index + 1][0], length)
     if emitted != length:  # pragma: no cover - guarded by plan_segments
         raise RuntimeError(f"internal error: emitted {emitted} of {length} samples")
 
@@ -322,13 +341,18 @@ class Blend:
         self.weights = [dict(w) for w in weights]
         self.sources = list(sources)
 
-    def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+    def __call__(self, chunk: torch.Tensor, step: Optional[StepFn] = None) -> torch.Tensor:
+        """The blend on `chunk`; `step(fraction)` after each model that has a weight."""
         total = torch.zeros(len(self.sources), chunk.shape[0], chunk.shape[-1])
-        for runner, weights in zip(self.runners, self.weights):
-            if not any(weights.get(s, 0.0) for s in self.sources):
-                continue
+        active = [(runner, weights) for runner, weights in zip(self.runners, self.weights)
+                  if any(weights.get(s, 0.0) for s in self.sources)]
+        for done, (runner, weights) in enumerate(active, start=1):
             out = runner(chunk)
             for j, name in enumerate(runner.sources):
                 if name in self.sources and weights.get(name, 0.0):
                     total[self.sources.index(name)] += weights[name] * out[j]
+            if step is not None:
+                step(done / len(active))
+        if not active and step is not None:
+            step(1.0)
         return total

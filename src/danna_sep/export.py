@@ -29,6 +29,7 @@ from . import models
 from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
 from .errors import USAGE, DannaSepError
 from .models import SOURCES
+from .progress import TaskProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,8 @@ def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> Li
 
 
 def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None,
-                             fit_tracks: Optional[Sequence[Any]] = None, progress: bool = False,
+                             fit_tracks: Optional[Sequence[Any]] = None,
+                             progress: Optional[TaskProgressFn] = None,
                              ) -> Tuple[List[Member], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """Bundle members, their training metadata and the blend fit (None unless `fit_tracks`)
     for run folders / checkpoint files."""
@@ -177,7 +179,8 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
 
 
 def export_bundle(paths: Sequence[str | os.PathLike], out: str | os.PathLike, blend: BlendSpec = None,
-                  force: bool = False, fit_tracks: Optional[Sequence[Any]] = None, progress: bool = False) -> Path:
+                  force: bool = False, fit_tracks: Optional[Sequence[Any]] = None,
+                  progress: Optional[TaskProgressFn] = None) -> Path:
     """Write our bundle format to `out` (refuses to replace it unless `force`).
 
     With `fit_tracks` (`danna_sep.data.Track`s the models never trained on) the blend

@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,6 +19,12 @@ from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource,
                      resolve_precision, stream)
 
 log = logging.getLogger(__name__)
+
+Stage = Literal["separating", "encoding"]
+StageProgressFn = Callable[[Stage, float, float], None]
+"""`progress(stage, done, total)` of `Separator.write_stems`, in seconds of the input's audio:
+"separating" (pass 1, after each segment and within one after each model of a blend), then
+"encoding" (pass 2, after each block written, all stems together)."""
 
 PRETRAINED = catalog.PRETRAINED  # the shipped bundles
 
@@ -174,7 +180,7 @@ class Separator:
         path: Union[str, os.PathLike],
         targets: Mapping[str, Union[str, os.PathLike]],
         output: Optional["OutputOptions"] = None,
-        progress: Optional[ProgressFn] = None,
+        progress: Optional[StageProgressFn] = None,
     ) -> "StemsWritten":
         """Separate an audio file straight into stem files, in memory bounded by the segment.
 
@@ -184,9 +190,10 @@ class Separator:
         then each stem is scaled as `output.clip` says, resampled to the output rate, cut to
         the input's exact length and encoded (pass 2). Every file goes to a temporary name and
         is renamed only when all of them are complete; on any error, or an interrupt, nothing
-        of this track is left behind. `progress(done, total)` follows pass 1, and is called
-        again with pass 1's last values after each encoded block, so a callback that raises
-        stops the track in either pass.
+        of this track is left behind. `progress(stage, done, total)` follows both passes in
+        seconds of audio (see `StageProgressFn`), so a callback that raises (Ctrl-C) stops the
+        track in either pass. Without it, the Separator's own `progress(done, total)` follows
+        pass 1 in samples, and is called again with pass 1's last values during pass 2.
         """
         return _write_stems(self, path, targets, output or OutputOptions(), progress)
 
@@ -245,6 +252,18 @@ class StemsWritten:
     """Wall-clock time of pass 2: scaling, resampling and encoding the stems."""
 
 
+def _samples_progress(progress: Optional[ProgressFn], samples: int) -> Optional[StageProgressFn]:
+    """A `(done, total)` callback in samples (the Separator's own) as a `StageProgressFn`:
+    it follows pass 1, and is called with pass 1's last values during pass 2."""
+    if progress is None:
+        return None
+
+    def report(stage: Stage, done: float, total: float) -> None:
+        progress(round(samples * done / total) if stage == "separating" else samples, samples)
+
+    return report
+
+
 def _stem_block(block: torch.Tensor, sources: list, name: str) -> torch.Tensor:
     """Source `name` of a `(sources, channels, n)` block; `no_X` is every source but X."""
     if name in sources:
@@ -258,7 +277,7 @@ def _write_stems(
     path: Union[str, os.PathLike],
     targets: Mapping[str, Union[str, os.PathLike]],
     output: OutputOptions,
-    progress: Optional[ProgressFn],
+    progress: Optional[StageProgressFn],
 ) -> StemsWritten:
     import time
 
@@ -290,13 +309,12 @@ def _write_stems(
     try:
         # Pass 1: separate into float spools at 44.1 kHz, noting the peak for `rescale`.
         peak = 0.0
-        seen = [0, 0]  # the last (done, total) given to `report`, repeated while encoding
-        report = progress or separator.progress
+        seconds = length / rate
+        report = progress or _samples_progress(separator.progress, track.length)
 
         def follow(done: int, total: int) -> None:
-            seen[:] = [done, total]
             if report is not None:
-                report(done, total)
+                report("separating", seconds * done / total, seconds)
 
         for _, block in separator.stream(track, follow):
             for name, spool in spools.items():
@@ -307,7 +325,9 @@ def _write_stems(
         scale = 1.0 / peak if output.clip == "rescale" and peak > 1.0 else 1.0
         separated = time.monotonic()
         # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
-        for name, target in final.items():
+        if report is not None:
+            report("encoding", 0.0, seconds)
+        for index, (name, target) in enumerate(final.items()):
             writers[name] = writer = AudioWriter(
                 target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
                 mp3_bitrate=output.mp3_bitrate, force=output.force,
@@ -332,7 +352,7 @@ def _write_stems(
                 if stem.shape[-1]:
                     writer.write(stem)
                 if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
-                    report(*seen)
+                    report("encoding", seconds * (index + writer.frames_written / out_length) / len(final), seconds)
             spools[name].close()
         for name, writer in writers.items():
             committed.append(writer.commit())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .bars import TaskBars
 from .options import add_verbosity_arguments, ranged
 
 # The genres of danna_sep.data.corpus.compose.GENRES, named here so that --help imports no numpy.
@@ -49,11 +50,16 @@ def _cmd_corpus(args: argparse.Namespace) -> int:
     from danna_sep.data.corpus import generate_corpus
 
     # A missing soundfont or program raises CorpusError (exit code 2) before anything is rendered.
-    report = generate_corpus(
-        args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed, soundfonts=args.soundfont,
-        workers=args.workers, test_fraction=args.test_fraction, force=args.force,
-        show_progress=not args.quiet, genre=args.genre,
-    )
+    bars = None if args.quiet else TaskBars({"corpus": "track"})
+    try:
+        report = generate_corpus(
+            args.out, tracks=args.tracks, seconds=args.seconds, seed=args.seed, soundfonts=args.soundfont,
+            workers=args.workers, test_fraction=args.test_fraction, force=args.force, genre=args.genre,
+            progress=None if bars is None else lambda done, total: bars("corpus", done, total, ""),
+        )
+    finally:
+        if bars is not None:
+            bars.close()
     for _, line in report.failed:
         print(f"danna-sep: {line}", file=sys.stderr)
     if not args.quiet:

@@ -14,6 +14,7 @@ from typing import Optional
 
 from ..distributed import leave_process_group
 from ..errors import DannaSepError, UsageError
+from .bars import TaskBars
 from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, ranged
 
 log = logging.getLogger(__name__)
@@ -82,16 +83,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not dist.is_initialized():
             dist.init_process_group("gloo")
 
-    bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(share), unit="track", desc=f"evaluate ({description})", file=sys.stderr,
-                   leave=False, position=rank)
+    bars = None if args.quiet else TaskBars({"evaluate": "track"}, position=rank)
+    task = f"evaluate ({description})"
 
     def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.update(done - bar.n)
+        if bars is not None:
+            bars(task, done, total, "")
 
     try:
         report = evaluate_tracks(share, estimator, metric=args.metric, jobs=args.jobs, progress=progress)
@@ -99,8 +96,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except DannaSepError as exc:  # every rank takes part in the gather below, failed or not
         report, failure = Report(args.metric), str(exc)
     finally:
-        if bar is not None:
-            bar.close()
+        if bars is not None:
+            bars.close()
 
     if world > 1:
         import torch.distributed as dist

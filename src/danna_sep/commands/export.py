@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
+from .bars import TaskBars
 from .options import add_verbosity_arguments, ranged
 
 
@@ -56,8 +57,13 @@ def _run(args: argparse.Namespace) -> int:
             from ..data import find_tracks
 
             fit_tracks = find_tracks(args.fit, subset="test")[: args.fit_tracks]
-        folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
-                               fit_tracks=fit_tracks, progress=not args.quiet)
+        bars = None if args.quiet else TaskBars({"fitting": "track"})
+        try:
+            folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
+                                   fit_tracks=fit_tracks, progress=bars)
+        finally:
+            if bars is not None:
+                bars.close()
     if args.fit is not None:
         _print_fit(folder)
     print(f"danna-sep: wrote {folder}", file=sys.stderr)

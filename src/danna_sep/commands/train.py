@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UsageError
+from .bars import TaskBars
 from .options import add_verbosity_arguments, device, ranged
 
 
@@ -81,11 +82,15 @@ def _run(args: argparse.Namespace) -> int:
     if problem is not None:
         raise UsageError(problem)
     run_dir = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    bars = None if args.quiet else TaskBars({"epoch": "step", "validation": "item", "input statistics": "track"})
     try:
         summary = train(config, run_dir, resume=args.resume, weights=args.weights, device=args.device,
-                        force=args.force, progress=not args.quiet, config_source=str(args.config))
+                        force=args.force, progress=bars, config_source=str(args.config))
     except FloatingPointError as exc:  # the loss diverged
         raise TrainError(f"{run_dir}: {exc}") from None
+    finally:
+        if bars is not None:
+            bars.close()
     if not args.quiet:
         line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
         if summary.valid:

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from .. import SAMPLERATE, __version__, models, spectral
 from ..distributed import leave_process_group
 from ..errors import DannaSepError
 from ..models import SOURCES
+from ..progress import TaskProgressFn
 from . import losses as L
 from .checkpoint import (
     FORMAT,
@@ -203,7 +203,7 @@ def load_initial_weights(model: nn.Module, name: str, kwargs: Dict[str, Any], pa
 
 @torch.no_grad()
 def input_statistics(tracks: Sequence[Any], max_bin: int, chunk_seconds: float = 30.0,
-                     progress: bool = False) -> tuple:
+                     progress: Optional[TaskProgressFn] = None) -> tuple:
     """Mean and std per bin of the channel-averaged mixture magnitudes of `tracks` `(bins,)`.
 
     The std is floored at 1e-4 times its maximum, as open-unmix does, so silent bins do not
@@ -213,12 +213,9 @@ def input_statistics(tracks: Sequence[Any], max_bin: int, chunk_seconds: float =
     total_sq = torch.zeros(max_bin, dtype=torch.float64)
     frames = 0
     chunk = int(chunk_seconds * SAMPLERATE)
-    iterator = tracks
     if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(tracks, desc="input statistics", unit="track", file=sys.stderr, leave=False)
-    for track in iterator:
+        progress("input statistics", 0, len(tracks), "")
+    for index, track in enumerate(tracks, start=1):
         for start in range(0, track.num_samples, chunk):
             length = min(chunk, track.num_samples - start)
             if length <= spectral.N_FFT // 2:  # too short for a centred STFT frame
@@ -229,6 +226,8 @@ def input_statistics(tracks: Sequence[Any], max_bin: int, chunk_seconds: float =
             total += mag.sum(dim=-1)
             total_sq += mag.square().sum(dim=-1)
             frames += mag.shape[-1]
+        if progress:
+            progress("input statistics", index, len(tracks), "")
     if frames == 0:
         raise TrainError("no audio to compute input statistics from")
     mean = total / frames
@@ -302,7 +301,7 @@ class Trainer:
         weights: Optional[str | os.PathLike] = None,
         device: str | torch.device = "auto",
         force: bool = False,
-        progress: bool = True,
+        progress: Optional[TaskProgressFn] = None,
         config_source: str = "<config>",
     ):
         from ..data import DataError, FixedChunks, RemixSegments, build_augment, find_tracks, validation_split
@@ -316,7 +315,7 @@ class Trainer:
         if self.dist.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.show_progress = progress and self.dist.main
+        self.report = progress if progress and self.dist.main else None
         self.amp = bool(config.train.amp and self.device.type == "cuda")
         if config.train.amp and not self.amp:
             log.info("mixed precision asked for but the device is %s: training in float32", self.device)
@@ -381,7 +380,7 @@ class Trainer:
         if m.input_statistics and not resume and weights is None and self.dist.main:
             # Other ranks receive the statistics with the weights DDP broadcasts from rank 0.
             max_bin = getattr(self.model, "max_bin", getattr(self.model, "max_bins", 0))
-            mean, std = input_statistics(self.train_tracks, max_bin, progress=self.show_progress)
+            mean, std = input_statistics(self.train_tracks, max_bin, progress=self.report)
             apply_input_statistics(self.model, m.name, mean, std)
         if weights is not None and not resume:
             load_initial_weights(self.model, m.name, m.kwargs, weights)
@@ -720,17 +719,17 @@ class Trainer:
         runner = ModelRunner(self.model, self.device, options)
         sums = torch.zeros(len(self.sources) + 1, dtype=torch.float64)
         indices = range(self.dist.rank, len(self.valid_set), self.dist.world)
-        if self.show_progress:
-            from tqdm import tqdm
-
-            indices = tqdm(indices, desc="validation", unit="item", file=sys.stderr, leave=False)
-        for i in indices:
+        if self.report:
+            self.report("validation", 0, len(indices), "")
+        for done, i in enumerate(indices, start=1):
             item = self.valid_set[i]  # (4, channels, samples)
             mixture = item.sum(dim=0)
             estimates = separate(runner, mixture, SAMPLERATE, options)
             sdr = L.mdx_sdr(estimates, item[self.source_index])
             sums[:-1] += sdr
             sums[-1] += 1
+            if self.report:
+                self.report("validation", done, len(indices), "")
         self.model.train()
         if self.dist.active:
             import torch.distributed as dist
@@ -765,12 +764,9 @@ class Trainer:
                 accumulation = t.accumulation
                 remaining = batches[start * accumulation: steps * accumulation]
                 stream = self._load_batches(remaining)
-                bar = None
-                if self.show_progress:
-                    from tqdm import tqdm
-
-                    bar = tqdm(total=steps, initial=start, desc=f"epoch {epoch + 1}/{t.epochs}",
-                               unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+                task = f"epoch {epoch + 1}/{t.epochs}"
+                if self.report:
+                    self.report(task, start, steps, "")
                 started = time.monotonic()
                 if start == 0:
                     self.epoch_losses = []
@@ -789,14 +785,11 @@ class Trainer:
                     epoch_losses.append(last_loss)
                     ran += 1
                     self._log_step(epoch, values)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{last_loss:.4g}")
+                    if self.report:
+                        self.report(task, step_in_epoch + 1, steps, f"loss={last_loss:.4g}")
                     every = t.checkpoint_every_steps
                     if every and self.progress.global_step % every == 0 and self.progress.step_in_epoch < steps:
                         self._save_last()
-                if bar is not None:
-                    bar.close()
                 stream.close()
                 finished_epoch = self.progress.step_in_epoch >= steps
                 if not finished_epoch and ran == 0:
@@ -925,7 +918,7 @@ def train(
     weights: Optional[str | os.PathLike] = None,
     device: str | torch.device = "auto",
     force: bool = False,
-    progress: bool = True,
+    progress: Optional[TaskProgressFn] = None,
     config_source: str = "<config>",
 ) -> TrainSummary:
     """Train `config` into `run_dir` (see `Trainer`); leaves the process group torchrun made.

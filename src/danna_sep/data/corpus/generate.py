@@ -159,7 +159,6 @@ def generate_corpus(
     workers: int = 1,
     test_fraction: float = 0.2,
     force: bool = False,
-    show_progress: bool = False,
     progress: Optional[Callable[[int, int], None]] = None,
     genre: Optional[str] = None,
 ) -> CorpusReport:
@@ -169,7 +168,7 @@ def generate_corpus(
     run again); a track folder holding something else is left alone and reported as
     failed unless `force`, which re-renders every track. `workers` > 1 renders in that
     many spawned processes; the bytes written do not depend on it. `progress(done, total)`
-    is called after each track; `show_progress` draws a tqdm bar on stderr.
+    is called as the run starts and after each track (the command line draws the bar).
 
     Raises SoundfontError / DependencyError before any work when a soundfont or a
     needed program is missing, ValueError for arguments out of range.
@@ -217,11 +216,6 @@ def generate_corpus(
                          genre=genre))
 
     total, done = tracks, tracks - len(jobs)
-    bar = None
-    if show_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=done, unit="track", desc="corpus", file=sys.stderr)
     if progress is not None:
         progress(done, total)
     pool = None
@@ -240,8 +234,6 @@ def generate_corpus(
                 log.debug("%s", error)  # the command reports each failure
                 report.failed.append((names[index], error))
             done += 1
-            if bar is not None:
-                bar.update(1)
             if progress is not None:
                 progress(done, total)
         if pool is not None:
@@ -250,8 +242,6 @@ def generate_corpus(
         if pool is not None:
             pool.terminate()  # no-op after close(); stops the workers on an error or Ctrl-C
             pool.join()
-        if bar is not None:
-            bar.close()
     report.written.sort()
     report.failed.sort()
     report.seconds = time.monotonic() - started
