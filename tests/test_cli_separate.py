@@ -696,3 +696,15 @@ def test_library_code_draws_no_progress_bar():
     package = Path(danna_sep.__file__).parent
     users = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py") if "tqdm" in p.read_text())
     assert users == ["cli.py", "commands/bars.py", "commands/separate.py"]
+
+
+def test_clip_none_into_pcm_is_warned_about_once(tmp_path, tiny_bundle, capsys):
+    """demucs accepts it too, so it runs; the samples past full scale are clipped all the same."""
+    source = tmp_path / "in.wav"
+    sf.write(source, song(1.0, 44100), 44100)
+    argv = ["separate", str(source), "--bundle", str(tiny_bundle), "-q", "--stems", "drums", "--clip", "none"]
+    assert main(argv + ["-o", str(tmp_path / "a"), "--bit-depth", "16"]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "danna-sep: --clip none keeps exact floats in 32-bit float wav only: 16-bit wav stems clip at full scale"]
+    assert main(argv + ["-o", str(tmp_path / "b"), "--bit-depth", "32"]) == 0
+    assert capsys.readouterr().err == ""

@@ -380,6 +380,9 @@ def run(args: argparse.Namespace) -> int:
     problem = _usage_problem(args)
     if problem is not None:
         raise UsageError(problem)
+    if args.clip == "none" and (args.format != "wav" or args.bit_depth in (16, 24)):
+        kind = f"{args.bit_depth}-bit {args.format}" if args.bit_depth else args.format
+        log.warning("--clip none keeps exact floats in 32-bit float wav only: %s stems clip at full scale", kind)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder")
