@@ -182,3 +182,55 @@ def test_export_fit_chooses_weights_on_held_out_tracks(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_interpolate_moves_weights_towards_an_anchor_bundle(runs, tmp_path, capsys):
+    """--interpolate ANCHOR --alpha A: every float weight is (1 - A) * anchor + A * trained."""
+    run = str(runs["unet_attn"])
+    plain = tmp_path / "plain"
+    assert main(["export", run, "-o", str(plain), "-q"]) == 0
+    trained = bundles.load_bundle(plain).members[0]
+    generator = torch.Generator().manual_seed(5)
+    anchor_state = {key: (torch.randn(value.shape, generator=generator).to(value.dtype)
+                          if value.is_floating_point() else value)
+                    for key, value in trained.model.state_dict().items()}
+    anchor_model = type(trained.model)(**trained.kwargs)
+    anchor_model.load_state_dict(anchor_state)
+    anchor = tmp_path / "anchor"
+    bundles.save_bundle(anchor, [bundles.Member(name=trained.name, model=anchor_model, blend=trained.blend,
+                                                kwargs=trained.kwargs)])
+    best = trained.model.state_dict()
+    for alpha in (0.0, 0.25, 1.0):
+        out = tmp_path / f"mixed-{alpha}"
+        assert main(["export", run, "-o", str(out), "--interpolate", str(anchor), "--alpha", str(alpha), "-q"]) == 0
+        mixed = bundles.load_bundle(out).members[0].model.state_dict()
+        floats = 0
+        for key, value in mixed.items():
+            if not value.is_floating_point():
+                assert torch.equal(value, best[key])
+                continue
+            floats += 1
+            expected = (1 - alpha) * anchor_state[key].double() + alpha * best[key].double()
+            if alpha in (0.0, 1.0):  # either end is that end's weights to the bit
+                assert torch.equal(value, (anchor_state if alpha == 0.0 else best)[key]), key
+            torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+        assert floats > 10
+        training = json.loads((out / "bundle.json").read_text())["training"][0]
+        assert training["interpolated"]["alpha"] == alpha
+    capsys.readouterr()
+
+    two = tmp_path / "two"
+    assert main(["export", run, str(runs["demucs_split"]), "-o", str(two), "-q"]) == 0
+    capsys.readouterr()
+    bad = [
+        ([run, "--alpha", "0.5"], 2, "--alpha"),
+        ([run, "--interpolate", str(anchor), "--alpha", "1.5"], 2, "--alpha"),
+        ([run, "--interpolate", str(two)], 1, "2 models, but 1"),
+        ([str(runs["demucs_split"]), "--interpolate", str(anchor)], 1, "cannot be interpolated"),
+        ([run, "--interpolate", str(anchor), "--torchscript"], 2, "--torchscript"),
+    ]
+    for args, code, words in bad:
+        assert main(["export", *args, "-o", str(tmp_path / "bad")]) == code, args
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

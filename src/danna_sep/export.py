@@ -146,15 +146,50 @@ def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> Li
     raise _blend_error("--blend: expected paper, equal, a JSON object or a list")
 
 
+def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: float) -> None:
+    """Move each trained model's weights to `(1 - alpha) * anchor + alpha * trained`, in place.
+
+    Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): a model fine-tuned from the
+    anchor stays in its basin, so the points between them are good models too; here they
+    keep most of what fine-tuning on produced music gains and lose none of the anchor's
+    quality on real recordings (README, "The default model"). `anchor` holds the same
+    architectures, in the same order, with the same constructor arguments.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise _blend_error(f"--alpha {alpha}: must be between 0 and 1")
+    where = anchor.origin or "the anchor bundle"
+    if len(anchor.members) != len(trained):
+        raise ExportError(f"{where}: {len(anchor.members)} models, but {len(trained)} were given to export")
+    for t, member in zip(trained, anchor.members):
+        if (member.name, member.kwargs) != (t.name, t.kwargs):
+            raise ExportError(f"{where}: {member.name}({member.kwargs}) cannot be interpolated with "
+                              f"{t.source}'s {t.name}({t.kwargs})")
+        ours, theirs = t.model.state_dict(), member.model.state_dict()
+        mixed = {}
+        for key, value in ours.items():
+            if value.is_floating_point():
+                # in float64, so that alpha 0 and 1 give either end's weights to the bit
+                blend = (1.0 - alpha) * theirs[key].double() + alpha * value.double()
+                mixed[key] = blend.to(value.dtype)
+            else:
+                mixed[key] = value
+        t.model.load_state_dict(mixed, strict=True)
+        t.metadata["interpolated"] = {"anchor": str(where), "alpha": alpha}
+
+
 def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None,
                              fit_tracks: Optional[Sequence[Any]] = None,
                              progress: Optional[TaskProgressFn] = None,
+                             interpolate: Optional[Tuple[Bundle, float]] = None,
                              ) -> Tuple[List[Member], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """Bundle members, their training metadata and the blend fit (None unless `fit_tracks`)
-    for run folders / checkpoint files."""
+    for run folders / checkpoint files; `interpolate=(anchor, alpha)` first moves their
+    weights towards the anchor bundle's (`interpolate_weights`)."""
     if not paths:
         raise ExportError("nothing to export: give run folders or checkpoint files")
     trained = [read_trained(p) for p in paths]
+    if interpolate is not None:
+        interpolate_weights(trained, *interpolate)
     fitted = None
     if fit_tracks is not None:
         if blend is not None:
@@ -180,15 +215,17 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
 
 def export_bundle(paths: Sequence[str | os.PathLike], out: str | os.PathLike, blend: BlendSpec = None,
                   force: bool = False, fit_tracks: Optional[Sequence[Any]] = None,
-                  progress: Optional[TaskProgressFn] = None) -> Path:
+                  progress: Optional[TaskProgressFn] = None,
+                  interpolate: Optional[Tuple[Bundle, float]] = None) -> Path:
     """Write our bundle format to `out` (refuses to replace it unless `force`).
 
     With `fit_tracks` (`danna_sep.data.Track`s the models never trained on) the blend
-    weights are fitted on them and the fit is recorded in the manifest.
+    weights are fitted on them and the fit is recorded in the manifest. With
+    `interpolate=(anchor, alpha)` the weights are first moved towards the anchor's.
     """
     if Path(out).exists() and not force:  # before any separating for the fit
         raise ExportError(f"{out}: already exists (use --force to overwrite)")
-    members, metadata, fitted = members_from_checkpoints(paths, blend, fit_tracks, progress)
+    members, metadata, fitted = members_from_checkpoints(paths, blend, fit_tracks, progress, interpolate)
     extra: Dict[str, Any] = {"training": metadata}
     if fitted is not None:
         extra["blend_fit"] = fitted

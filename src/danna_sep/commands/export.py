@@ -34,6 +34,11 @@ def register(subparsers) -> None:
                         "the weights with the best mean SDR")
     p.add_argument("--fit-tracks", type=ranged(int, 1), default=None, metavar="N",
                    help="fit on the first N tracks only")
+    p.add_argument("--interpolate", default=None, metavar="BUNDLE",
+                   help="move each model's weights towards the same model in BUNDLE (a folder or a bundle "
+                        "name), e.g. the bundle it was fine-tuned from: (1 - alpha) * BUNDLE + alpha * trained")
+    p.add_argument("--alpha", type=ranged(float, 0.0, 1.0), default=None, metavar="A",
+                   help="the trained weights' share with --interpolate (default: 0.5)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     add_verbosity_arguments(p, quiet="no progress bar")
     p.set_defaults(handler=_run)
@@ -47,6 +52,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.fit_tracks is not None and args.fit is None:
         raise UsageError("--fit-tracks N counts the tracks of --fit ROOT: give --fit too")
 
+    if args.alpha is not None and args.interpolate is None:
+        raise UsageError("--alpha is the trained weights' share with --interpolate BUNDLE: give --interpolate too")
+    if args.interpolate is not None and args.torchscript:
+        raise UsageError("--interpolate makes a bundle: it does not go with --torchscript")
+
     from ..export import export_bundle, export_torchscript
 
     if args.torchscript:
@@ -57,10 +67,16 @@ def _run(args: argparse.Namespace) -> int:
             from ..data import find_tracks
 
             fit_tracks = find_tracks(args.fit, subset="test")[: args.fit_tracks]
+        interpolate = None
+        if args.interpolate is not None:
+            from ..separator import resolve_bundle
+
+            alpha = 0.5 if args.alpha is None else args.alpha
+            interpolate = (resolve_bundle(args.interpolate), alpha)
         bars = None if args.quiet else TaskBars({"fitting": "track"})
         try:
             folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
-                                   fit_tracks=fit_tracks, progress=bars)
+                                   fit_tracks=fit_tracks, progress=bars, interpolate=interpolate)
         finally:
             if bars is not None:
                 bars.close()
