@@ -7,7 +7,9 @@
 #      never train on), exported as WORK_DIR/stage1;
 #   3. stage 2: each member fine-tuned from its stage-1 weights with
 #      configs/default/finetune/ (lower learning rate, fewer epochs);
-#   4. export with blend weights fitted on the corpus' test/ tracks;
+#   4. export: each member's weights halfway between stage 1 and stage 2 (ALPHA, the stage-2
+#      share, default 0.5: `danna-sep export --interpolate`; ALPHA=1 keeps stage 2 alone),
+#      with blend weights fitted on the corpus' test/ tracks;
 #   5. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
 #      the real MIR-1K clips of shared/realval (if present; never trained on).
 #
@@ -30,6 +32,7 @@ finetune="${FINETUNE_CONFIGS:-$configs/finetune}"
 tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
+alpha="${ALPHA:-0.5}"
 realval="${REALVAL:-$here/../shared/realval}"
 members=(x_umx unet_attn demucs_split)
 files=(00-xumx 01-unet_attn 02-demucs_split)
@@ -78,11 +81,12 @@ else
 fi
 train_members finetune "$finetune" "$stage1"
 
-echo "== export: $bundle (blend fitted on $work/corpus/test)" >&2
+echo "== export: $bundle (stage 1 + $alpha x (stage 2 - stage 1), blend fitted on $work/corpus/test)" >&2
 if [ -f "$bundle/bundle.json" ] && [ "${FORCE:-0}" != 1 ]; then
     echo "$bundle exists: kept (FORCE=1 to export again)" >&2
 else
-    danna-sep export "${members[@]/#/$work/finetune/}" -o "$bundle" --fit "$work/corpus" --force
+    danna-sep export "${members[@]/#/$work/finetune/}" -o "$bundle" --fit "$work/corpus" --force \
+        --interpolate "$stage1" --alpha "$alpha"
 fi
 
 echo "== quality on a fresh test split (seed 1) and on real clips ($realval)" >&2

@@ -12,6 +12,8 @@ import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
+from danna_sep.train.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The recipe's configs with tiny widths and a few steps; everything else as shipped.
@@ -61,7 +63,7 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     assert list(quality["real"]["sdr"])[3:] == ["blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
     steps = {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
     assert steps == {name: 3 for name in SMALL}
-    # Stage 2 starts from the stage-1 export, and the bundle holds the stage-2 weights.
+    # Stage 2 starts from the stage-1 export; the bundle holds the weights halfway between the two.
     stage1 = json.loads((work / "stage1" / "bundle.json").read_text())
     assert [m["name"] for m in stage1["models"]] == ["xumx", "unet_attn", "demucs_split"]
     tuned = {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
@@ -72,6 +74,12 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
         final = load_file(str(bundle / member["weights"]))
         assert set(start) == set(final)
         assert any(not torch.equal(start[k], final[k]) for k in start), f"{name}: stage 2 changed nothing"
+        tuned_state = load_checkpoint(manifest["training"][index]["checkpoint"])["state_dict"]
+        assert manifest["training"][index]["interpolated"]["alpha"] == 0.5
+        for key in start:
+            if start[key].is_floating_point():
+                halfway = (start[key].double() + tuned_state[key].double()) / 2
+                torch.testing.assert_close(final[key].double(), halfway, rtol=1e-6, atol=1e-7)
 
     # Run again: the corpus is complete, the runs are finished, the bundle is kept.
     stamp = (bundle / "bundle.json").stat().st_mtime_ns
