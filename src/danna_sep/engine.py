@@ -10,6 +10,15 @@ segment, not by the track.
 For spectrogram models a segment goes STFT -> model -> Wiener filter (over windows of
 frames) -> iSTFT; waveform models take the segment as it is. The shift trick runs each
 segment at `shifts` random offsets of up to `max_shift` seconds and averages.
+
+`pipeline="original"` replays the original Danna-Sep tool's separation instead, on the
+whole track at once (memory grows with the track): 1024 zeros appended to the track before
+every model; spectrogram models over the whole track (a model whose class sets
+`original_chunk_frames`, the U-Net, in non-overlapping chunks of that many frames), then
+one Wiener filter over the whole track with norbert's default epsilon (float64's) and its
+max|x|/10 scaling taken over the track; waveform models on the track with 0.5 s of zeros
+before it (the original's shift trick with one shift, offset 0) and their output clamped
+to +-0.99; then the blend.
 """
 
 from __future__ import annotations
@@ -23,9 +32,20 @@ import torch
 from torch import nn
 
 from . import spectral
-from .wiener import apply_wiener
+from .wiener import DEFAULT_EPS, apply_wiener
 
 log = logging.getLogger(__name__)
+
+Pipeline = Literal["streamed", "original"]
+PIPELINES = ("streamed", "original")
+ORIGINAL_PAD = 1024
+"""Zeros the original tool appends to a track before every model."""
+ORIGINAL_LEAD_IN = 0.5
+"""Seconds of zeros before the track in the original tool's waveform model pass."""
+ORIGINAL_CLAMP = 0.99
+"""The original tool clamps its waveform model's output to this magnitude."""
+NORBERT_EPS = float(torch.finfo(torch.float64).eps)
+"""norbert's `wiener` epsilon when none is given (the original tool gives none)."""
 
 # (chunk (channels, samples)) -> (sources, channels, samples)
 SeparateFn = Callable[[torch.Tensor], torch.Tensor]
@@ -79,6 +99,11 @@ class EngineOptions:
     """Start the Wiener filter from ratio masks instead of magnitudes with the mixture phase."""
     seed: int = 0
     """Seed of the shift trick's offsets, for reproducible output."""
+    pipeline: Pipeline = "streamed"
+    """streamed: overlapping segments in bounded memory (the options above). original: the
+    original Danna-Sep tool's whole-track separation step by step (see the module's
+    docstring); segment, overlap, wiener_window and the shift trick do not apply, and
+    memory grows with the track's length."""
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
     """Arithmetic of the networks' forward passes. bfloat16 runs a bfloat16 copy of each
     network (TorchScript files: autocast) and is about twice as fast on CPUs with native
@@ -97,6 +122,10 @@ class EngineOptions:
             raise ValueError("wiener_iterations must be 0 or more")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be streamed or original, got {self.pipeline!r}")
+        if self.pipeline == "original" and self.shifts:
+            raise ValueError("the original pipeline runs no shift trick (its waveform pass is fixed)")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -153,6 +182,9 @@ class ModelRunner:
         self.sources: List[str] = list(model.sources)
         self.input_domain: str = model.input_domain
         self.output_kind: str = model.output_kind
+        self.samplerate: int = int(getattr(model, "samplerate", 44100))
+        # Frames per call in the original tool's pipeline (None: the whole track at once).
+        self.original_chunk_frames: Optional[int] = getattr(model, "original_chunk_frames", None)
         # 2D convolutions over (bins, frames) run about a quarter faster on the CPU with
         # channels-last tensors, with identical results; the weights' layout is all that changes.
         self.channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -179,20 +211,39 @@ class ModelRunner:
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
         length = chunk.shape[-1]
         x = chunk.to(self.device, torch.float32).unsqueeze(0)
+        if self.options.pipeline == "original":
+            return self._original(x, length).float().cpu()
         if self.input_domain == "waveform":
             out = self._forward(x)[0]
         else:
             out = self._spectrogram(x, length)
         return out.float().cpu()
 
-    def _spectrogram(self, x: torch.Tensor, length: int) -> torch.Tensor:
+    def _original(self, x: torch.Tensor, length: int) -> torch.Tensor:
+        """The original tool's pass of this model over a whole track `(1, channels, length)`."""
+        x = torch.nn.functional.pad(x, [0, ORIGINAL_PAD])
+        if self.input_domain == "waveform":
+            lead = int(round(ORIGINAL_LEAD_IN * self.samplerate))
+            out = self._forward(torch.nn.functional.pad(x, [lead, 0]))[0]
+            return out[..., lead:lead + length].clamp(-ORIGINAL_CLAMP, ORIGINAL_CLAMP)
+        return self._spectrogram(x, length, whole_track=True)
+
+    def _masks(self, mag: torch.Tensor, chunk: Optional[int]) -> torch.Tensor:
+        """The model on `mag` `(1, channels, bins, frames)`, in calls of `chunk` frames (None: one call)."""
+        frames = mag.shape[-1]
+        if chunk is None or frames <= chunk:
+            return self._forward(mag)
+        return torch.cat([self._forward(mag[..., start:start + chunk]) for start in range(0, frames, chunk)],
+                         dim=-1)
+
+    def _spectrogram(self, x: torch.Tensor, length: int, whole_track: bool = False) -> torch.Tensor:
         # The STFT's reflect padding needs more than n_fft / 2 samples.
-        padded = max(length, spectral.N_FFT)
-        if padded > length:
-            x = torch.nn.functional.pad(x, [0, padded - length])
+        padded = max(x.shape[-1], spectral.N_FFT)
+        if padded > x.shape[-1]:
+            x = torch.nn.functional.pad(x, [0, padded - x.shape[-1]])
         mix_stft = spectral.stft(x)  # (1, channels, bins, frames)
         mag = mix_stft.abs()
-        out = self._forward(mag)
+        out = self._masks(mag, self.original_chunk_frames if whole_track else None)
         if self.output_kind == "mask":
             estimates = out * mag.unsqueeze(1)
         else:  # a single-target magnitude model: (1, channels, bins, frames)
@@ -207,7 +258,8 @@ class ModelRunner:
             iterations=self.options.wiener_iterations,
             softmask=self.options.softmask,
             residual=single,
-            window=self.options.wiener_window,
+            eps=NORBERT_EPS if whole_track else DEFAULT_EPS,
+            window=None if whole_track else self.options.wiener_window,
         )
         if single:
             filtered = filtered[:, :1]
@@ -282,7 +334,11 @@ def stream(
     """
     track = as_track(track)
     length = track.length
-    segment = max(1, int(round(options.segment * samplerate)))
+    if options.pipeline == "original":  # the whole track in one piece, no shift trick
+        segment = max(1, length)
+        options = replace(options, shifts=0)
+    else:
+        segment = max(1, int(round(options.segment * samplerate)))
     bounds = plan_segments(length, segment, options.overlap)
     generator = torch.Generator().manual_seed(options.seed)
     max_shift = int(round(options.max_shift * samplerate))

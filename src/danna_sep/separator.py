@@ -15,7 +15,7 @@ import torch
 from . import SAMPLERATE, catalog
 from .bundle import Bundle, BundleError, load_bundle, load_original
 from .errors import USAGE
-from .engine import (Blend, EngineOptions, ModelRunner, ProgressFn, TrackSource, resolve_device,
+from .engine import (Blend, EngineOptions, ModelRunner, Pipeline, ProgressFn, TrackSource, resolve_device,
                      resolve_precision, stream)
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,10 @@ class Separator:
     `separate_tensor(wav, samplerate)` takes `(channels, samples)` (or `(samples,)`) at
     any rate and returns `{source: (2, samples)}` at that rate; the caller's tensor is
     never modified. `progress(done, total)` is called after each segment.
+
+    `pipeline="original"` replays the original Danna-Sep tool's whole-track separation
+    (`danna_sep.engine`): the whole track, its spectrograms and every model's activations are
+    held in memory at once, so memory grows with the track's length.
     """
 
     def __init__(
@@ -118,6 +122,7 @@ class Separator:
         shifts: int = 0,
         wiener_iterations: int = 1,
         precision: str = "auto",
+        pipeline: Pipeline = "streamed",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
@@ -128,7 +133,7 @@ class Separator:
         self.device = resolve_device(device)
         self.options = EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
-            precision=resolve_precision(precision, self.device),
+            precision=resolve_precision(precision, self.device), pipeline=pipeline,
         )
         self.progress = progress
         runners = []

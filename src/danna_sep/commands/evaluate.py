@@ -63,6 +63,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--split {args.split} splits the train subset: it goes with --subset train")
     if args.fast and args.checkpoints is None:
         raise UsageError("--fast picks members of the original checkpoints: give --checkpoints too")
+    if args.pipeline == "original" and args.shifts:
+        raise UsageError("--pipeline original runs no shift trick (its Demucs pass is fixed): leave out --shifts")
 
     from ..data import find_tracks
     from ..evaluate import EvaluationError, Report, check_outputs, evaluate_tracks
@@ -151,6 +153,7 @@ def _estimator(args: argparse.Namespace, world: int):
     separator = Separator(
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
+        pipeline=args.pipeline,
     )
     description = f"checkpoints {args.checkpoints}" if args.checkpoints else f"bundle {args.bundle}"
     return separator_estimator(separator), description

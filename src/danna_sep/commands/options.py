@@ -101,6 +101,14 @@ def add_engine_arguments(group, *, precision: str) -> None:
                        help="overlap between segments, 0 to 0.5 (default: %(default)s)")
     group.add_argument("--shifts", type=ranged(int, 0, 100), default=0,
                        help="random shifts per segment, 0 to 100 (default: %(default)s)")
+    group.add_argument("--pipeline", choices=["streamed", "original"], default="streamed",
+                       help="streamed: overlapping segments, memory bounded whatever the track's length; "
+                            "original: the original Danna-Sep tool's separation step by step, on the whole "
+                            "track at once (whole-track models and Wiener filter; --segment and --overlap do "
+                            "not apply, --shifts is refused), which needs memory growing with the track: "
+                            "with the default bundle about 45 MB per second of audio (peak 3.1 GB for a "
+                            "minute, about 10 GB for a 4-minute song; streamed: 1 GB at any length), more "
+                            "with the original checkpoints (default: %(default)s)")
     group.add_argument("--precision", choices=PRECISIONS, default=precision,
                        help="the networks' arithmetic: bfloat16 is about twice as fast on CPUs with "
                             "native bfloat16 (AVX512-BF16, AMX), float32 reproduces the models exactly "

@@ -120,6 +120,8 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
         return "--fast picks members of the original checkpoints: give --checkpoints too"
     if args.force and args.skip_existing:
         return "--force overwrites existing stems, --skip-existing keeps them: give one"
+    if args.pipeline == "original" and args.shifts:
+        return "--pipeline original runs no shift trick (its Demucs pass is fixed): leave out --shifts"
     if args.format == "mp3" and args.bit_depth is not None:
         return "--bit-depth is for wav and flac: mp3 has no bit depth (see --mp3-bitrate)"
     if args.format == "flac" and args.bit_depth == 32:
@@ -406,6 +408,7 @@ def run(args: argparse.Namespace) -> int:
     separator = report.separator = Separator(
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=args.device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
+        pipeline=args.pipeline,
     )
     log.debug("bundle %s, on %s in %s, loaded in %.2f s", separator.bundle.describe(), separator.device,
               separator.options.precision, time.monotonic() - started)

@@ -164,6 +164,7 @@ class UNetAttn(nn.Module):
     max_bins: int
     output_bins: int
     time_multiple: int
+    original_chunk_frames: int
 
     def __init__(self, max_bins: int = 1487, k: int = 12, original_padding_bias: bool = False,
                  attn_channels: int = 256, attn_d_model: int = 128, attn_heads: int = 8):
@@ -177,6 +178,9 @@ class UNetAttn(nn.Module):
         self.audio_channels = 2
         self.input_domain = "magnitude"
         self.output_kind = "mask"
+        # The original Danna-Sep tool ran the U-Net over a track in non-overlapping calls of
+        # this many frames (engine's pipeline="original").
+        self.original_chunk_frames = 2584
         bias = ORIGINAL_PADDING_BIAS if original_padding_bias else PADDING_BIAS
 
         widths: List[int] = []
