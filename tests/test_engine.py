@@ -254,3 +254,28 @@ def test_a_single_target_model_is_filtered_against_the_residual():
     # Half the mixture's magnitude against a residual of the other half: about half the mixture back.
     assert torch.allclose(half_out[0], 0.5 * mixture, atol=0.02)
     assert abs(half_sdr - mixture_sdr) > 1.0
+
+
+def test_track_wiener_statistics_filter_as_one_window_over_the_track():
+    """Two passes over overlapping segments give the segments the Wiener filter of the whole
+    track's statistics: on one segment exactly the one-window filter, and over several much
+    closer to the whole-track filter than per-window statistics are."""
+    torch.manual_seed(0)
+    model = randomize(models.build("xumx", hidden_channels=8, max_bins=64, nb_layers=1), seed=2, scale=0.3).eval()
+    track = torch.randn(2, 44100 * 6) * 0.3
+    whole = ModelRunner(model, CPU, EngineOptions(wiener_window=10**6))(track)
+    one = engine.separate(ModelRunner(model, CPU, EngineOptions(segment=10.0, wiener_statistics="track")),
+                          track, 44100, EngineOptions(segment=10.0, wiener_statistics="track"))
+    assert (one - whole).abs().max() < 1e-5 * whole.abs().max()
+
+    def error(options):
+        out = engine.separate(ModelRunner(model, CPU, options), track, 44100, options)
+        return float((out - whole).square().sum() / whole.square().sum())
+
+    assert error(EngineOptions(segment=2.0, wiener_statistics="track")) < 0.1 * error(
+        EngineOptions(segment=2.0, wiener_window=50))
+    weights = [engine._segment_weights(engine.plan_segments(300_000, 44100, 0.25), i) for i in range(9)]
+    total = torch.zeros(300_000, dtype=torch.float64)
+    for (start, stop), w in zip(engine.plan_segments(300_000, 44100, 0.25), weights):
+        total[start:stop] += w
+    assert torch.allclose(total, torch.ones_like(total))

@@ -144,3 +144,25 @@ def test_apply_wiener_model_layout():
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="do not match"):
         mwf.wiener(torch.rand(4, 3, 2, 4), torch.zeros(4, 3, 1, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("shape", [(30, 7, 2, 4), (20, 5, 1, 3), (16, 4, 3, 2)])
+def test_statistics_summed_over_pieces_filter_as_the_whole_track(shape):
+    """Two passes (sums over pieces of a track, then the filter a few frames at a time) give
+    norbert's one iteration over the whole track; a frame may be split between pieces by weights."""
+    v, x = random_problem(shape, seed=11, scale=4.0)
+    want = norbert_reference(v, x, 1, False, False)
+    frames = shape[0]
+    vt, xt = torch.from_numpy(v), torch.from_numpy(x)
+    cut = frames // 3
+    # pieces [0, cut + 2) and [cut, frames): frames cut and cut + 1 count 0.25 + 0.75 and 0.5 + 0.5
+    first = torch.ones(cut + 2, dtype=torch.float64)
+    first[cut:] = torch.tensor([0.25, 0.5])
+    second = torch.ones(frames - cut, dtype=torch.float64)
+    second[:2] = torch.tensor([0.75, 0.5])
+    p1, q1 = mwf.frame_statistics(vt[: cut + 2], xt[: cut + 2], first)
+    p2, q2 = mwf.frame_statistics(vt[cut:], xt[cut:], second)
+    peak = float(np.abs(x).max())
+    got = torch.cat([mwf.wiener_from_statistics(vt[s:s + 7], xt[s:s + 7], p1 + p2, q1 + q2, peak, eps=EPS)
+                     for s in range(0, frames, 7)])
+    assert rel_error(got, want) < 1e-9

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import spectral
-from .wiener import DEFAULT_EPS, apply_wiener
+from .wiener import DEFAULT_EPS, apply_wiener, frame_statistics, wiener_from_statistics
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,11 @@ class EngineOptions:
     """Start the Wiener filter from ratio masks instead of magnitudes with the mixture phase."""
     seed: int = 0
     """Seed of the shift trick's offsets, for reproducible output."""
+    wiener_statistics: Literal["window", "track"] = "window"
+    """Where the streamed Wiener filter takes its spatial covariances from: each window of
+    `wiener_window` frames on its own, or the whole track, gathered by a first pass of the
+    spectrogram models over every segment (twice their compute, memory still bounded by
+    the segment; one iteration then filters as over the whole track at once)."""
     pipeline: Pipeline = "streamed"
     """streamed: overlapping segments in bounded memory (the options above). original: the
     original Danna-Sep tool's whole-track separation step by step (see the module's
@@ -122,6 +127,8 @@ class EngineOptions:
             raise ValueError("wiener_iterations must be 0 or more")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
+        if self.wiener_statistics not in ("window", "track"):
+            raise ValueError(f"wiener_statistics must be window or track, got {self.wiener_statistics!r}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be streamed or original, got {self.pipeline!r}")
         if self.pipeline == "original" and self.shifts:
@@ -185,6 +192,10 @@ class ModelRunner:
         self.samplerate: int = int(getattr(model, "samplerate", 44100))
         # Frames per call in the original tool's pipeline (None: the whole track at once).
         self.original_chunk_frames: Optional[int] = getattr(model, "original_chunk_frames", None)
+        # Track-level Wiener statistics (EngineOptions.wiener_statistics == "track"): sums
+        # gathered by `collect`, used by the next pass when `statistics_ready`.
+        self.statistics: Optional[List] = None
+        self.statistics_ready = False
         # 2D convolutions over (bins, frames) run about a quarter faster on the CPU with
         # channels-last tensors, with identical results; the weights' layout is all that changes.
         self.channels_last = any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -228,6 +239,44 @@ class ModelRunner:
             return out[..., lead:lead + length].clamp(-ORIGINAL_CLAMP, ORIGINAL_CLAMP)
         return self._spectrogram(x, length, whole_track=True)
 
+    def _estimates(self, x: torch.Tensor, chunk: Optional[int] = None):
+        """(mixture STFT (1, channels, bins, frames), magnitude estimates (1, sources, channels, bins, frames),
+        padded length) of a chunk (1, channels, samples)."""
+        padded = max(x.shape[-1], spectral.N_FFT)  # the STFT's reflect padding needs more than n_fft / 2
+        if padded > x.shape[-1]:
+            x = torch.nn.functional.pad(x, [0, padded - x.shape[-1]])
+        mix_stft = spectral.stft(x)
+        mag = mix_stft.abs()
+        out = self._masks(mag, chunk)
+        if self.output_kind == "mask":
+            estimates = out * mag.unsqueeze(1)
+        else:  # a single-target magnitude model: (1, channels, bins, frames)
+            estimates = out if out.dim() == 5 else out.unsqueeze(1)
+        return mix_stft, estimates, padded
+
+    def uses_track_statistics(self) -> bool:
+        """Whether this runner can take its Wiener statistics from a whole track (a spectrogram
+        model estimating several sources; a single target is filtered against its residual)."""
+        return self.input_domain != "waveform" and len(self.sources) > 1
+
+    @torch.no_grad()
+    def collect(self, chunk: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add a chunk `(channels, samples)` to the track's Wiener statistics, each sample
+        counting with its `weights` `(samples,)` (a frame with the weight of its centre)."""
+        x = chunk.to(self.device, torch.float32).unsqueeze(0)
+        mix_stft, estimates, padded = self._estimates(x)
+        centres = (torch.arange(mix_stft.shape[-1]) * spectral.HOP).clamp(max=chunk.shape[-1] - 1)
+        frame_weights = weights[centres].to(self.device)
+        products, power = frame_statistics(estimates[0].permute(3, 2, 1, 0), mix_stft[0].permute(2, 1, 0),
+                                           frame_weights)
+        peak = float(mix_stft.abs().max())
+        if self.statistics is None:
+            self.statistics = [products, power, peak]
+        else:
+            self.statistics[0] += products
+            self.statistics[1] += power
+            self.statistics[2] = max(self.statistics[2], peak)
+
     def _masks(self, mag: torch.Tensor, chunk: Optional[int]) -> torch.Tensor:
         """The model on `mag` `(1, channels, bins, frames)`, in calls of `chunk` frames (None: one call)."""
         frames = mag.shape[-1]
@@ -237,17 +286,13 @@ class ModelRunner:
                          dim=-1)
 
     def _spectrogram(self, x: torch.Tensor, length: int, whole_track: bool = False) -> torch.Tensor:
-        # The STFT's reflect padding needs more than n_fft / 2 samples.
-        padded = max(x.shape[-1], spectral.N_FFT)
-        if padded > x.shape[-1]:
-            x = torch.nn.functional.pad(x, [0, padded - x.shape[-1]])
-        mix_stft = spectral.stft(x)  # (1, channels, bins, frames)
-        mag = mix_stft.abs()
-        out = self._masks(mag, self.original_chunk_frames if whole_track else None)
-        if self.output_kind == "mask":
-            estimates = out * mag.unsqueeze(1)
-        else:  # a single-target magnitude model: (1, channels, bins, frames)
-            estimates = out if out.dim() == 5 else out.unsqueeze(1)
+        mix_stft, estimates, padded = self._estimates(x, self.original_chunk_frames if whole_track else None)
+        if (not whole_track and self.statistics_ready and self.statistics is not None
+                and self.options.wiener_iterations == 1):
+            products, power, peak = self.statistics
+            filtered = wiener_from_statistics(estimates[0].permute(3, 2, 1, 0), mix_stft[0].permute(2, 1, 0),
+                                              products, power, peak)
+            return spectral.istft(filtered.permute(3, 2, 1, 0), padded)[..., :length]
         # A source estimated alone would get a Wiener mask of 1, the whole mixture, whatever
         # the model said: filter it against the residual (the mixture minus the estimate),
         # as Open-Unmix does for one target, and keep the target.
@@ -340,6 +385,44 @@ def stream(
     else:
         segment = max(1, int(round(options.segment * samplerate)))
     bounds = plan_segments(length, segment, options.overlap)
+    if options.wiener_statistics == "track" and options.pipeline == "streamed":
+        runners = [r for r in (fn.runners if isinstance(fn, Blend) else [fn])
+                   if isinstance(r, ModelRunner) and r.uses_track_statistics()]
+        _collect_statistics(runners, track, bounds)
+    yield from _stream(fn, track, bounds, samplerate, options, progress)
+
+
+def _segment_weights(bounds: List[Tuple[int, int]], index: int) -> torch.Tensor:
+    """Each sample's share in segment `index` of the cross-faded output (shares sum to 1 over segments)."""
+    start, stop = bounds[index]
+    weights = torch.ones(stop - start, dtype=torch.float64)
+    if index > 0:
+        shared = bounds[index - 1][1] - start
+        weights[:shared] = _crossfade(shared, torch.float64)
+    if index + 1 < len(bounds):
+        shared = stop - bounds[index + 1][0]
+        weights[weights.shape[0] - shared:] *= 1 - _crossfade(shared, torch.float64)
+    return weights
+
+
+def _collect_statistics(runners: Sequence["ModelRunner"], track: TrackSource,
+                        bounds: List[Tuple[int, int]]) -> None:
+    """Pass 1 of track-level Wiener statistics: every runner over every segment, its sums weighted
+    by the cross-fade, so that each part of the track counts once."""
+    for runner in runners:
+        runner.statistics, runner.statistics_ready = None, False
+    for index, (start, stop) in enumerate(bounds):
+        chunk = track.read(start, stop)
+        weights = _segment_weights(bounds, index)
+        for runner in runners:
+            runner.collect(chunk, weights)
+    for runner in runners:
+        runner.statistics_ready = True
+
+
+def _stream(fn: SeparateFn, track: TrackSource, bounds: List[Tuple[int, int]], samplerate: int,
+            options: EngineOptions, progress: Optional[ProgressFn]) -> Iterator[Tuple[int, torch.Tensor]]:
+    length = track.length
     generator = torch.Generator().manual_seed(options.seed)
     max_shift = int(round(options.max_shift * samplerate))
     tail: Optional[torch.Tensor] = None  # previous segment's output from the next segment's start on

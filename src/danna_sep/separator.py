@@ -123,6 +123,7 @@ class Separator:
         wiener_iterations: int = 1,
         precision: str = "auto",
         pipeline: Pipeline = "streamed",
+        wiener_statistics: str = "window",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
@@ -134,6 +135,7 @@ class Separator:
         self.options = EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
             precision=resolve_precision(precision, self.device), pipeline=pipeline,
+            wiener_statistics=wiener_statistics,
         )
         self.progress = progress
         runners = []

@@ -224,3 +224,50 @@ def apply_wiener(
     else:
         out = wiener_windowed(targets, mix, iterations, softmask, residual, eps, window)
     return out.permute(0, 4, 3, 2, 1)
+
+
+def frame_statistics(
+    targets: torch.Tensor, mix: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sums over frames of what one EM iteration estimates from its initial estimate.
+
+    The first pass of a Wiener filter whose statistics come from a whole track seen in
+    pieces (`wiener_from_statistics` is the second). targets: magnitudes `(frames, bins,
+    channels, sources)`; mix: complex `(frames, bins, channels)`; weights: `(frames,)`, the
+    share of each frame in the track's sums. Unscaled (the track's max|x|/10 is applied in
+    `wiener_from_statistics`). Returns the spatial products sum_t w_t y_j y_j^H `(bins,
+    sources, channels, channels)` (complex128) and the power sums sum_t w_t psd_j
+    `(bins, sources)` (float64) of y_j = targets_j with the mixture's phase.
+    """
+    y = targets.to(torch.float64) * _phase(mix.to(torch.complex128)).unsqueeze(-1)
+    w = weights.to(torch.float64)
+    psd = (y.real.square() + y.imag.square()).mean(dim=-2)  # (frames, bins, sources)
+    power = torch.einsum("t,tfj->fj", w, psd)
+    products = torch.einsum("tfcj,tfdj->fjcd", y * w[:, None, None, None], y.conj())
+    return products, power
+
+
+def wiener_from_statistics(
+    targets: torch.Tensor, mix: torch.Tensor, products: torch.Tensor, power: torch.Tensor,
+    peak: float, eps: float = DEFAULT_EPS,
+) -> torch.Tensor:
+    """One Wiener iteration on some frames with spatial covariances from `frame_statistics`
+    sums over a whole track, and norbert's scaling by the track's max|x| (`peak`) / 10.
+
+    With the sums of every frame of a track and that track's peak, this is `wiener(targets,
+    mix, iterations=1)` on the whole track, frames taken a few at a time. Shapes as
+    `wiener` without batch dimensions; returns `(frames, bins, channels, sources)` in the
+    mixture's complex dtype.
+    """
+    scale = max(1.0, peak / 10.0)
+    channels = mix.shape[-1]
+    x = mix.to(torch.complex128) / scale
+    y = targets.to(torch.float64) / scale * _phase(x).unsqueeze(-1)
+    psd = (y.real.square() + y.imag.square()).mean(dim=-2)  # (frames, bins, sources)
+    weight = eps + power / scale**2  # (bins, sources)
+    covariance = products / scale**2 / weight[..., None, None]
+    eye = torch.eye(channels, dtype=torch.complex128, device=mix.device)
+    mix_covariance = torch.einsum("tfj,fjcd->tfcd", psd.to(torch.complex128), covariance) + math.sqrt(eps) * eye
+    whitened = (_invert(mix_covariance, eps) @ x.unsqueeze(-1)).squeeze(-1)
+    out = psd.unsqueeze(-2) * torch.einsum("fjcd,tfd->tfcj", covariance, whitened)
+    return (out * scale).to(mix.dtype)
