@@ -6,12 +6,14 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Callable, Iterator, List, Optional
 
 from . import __version__
 from .commands.options import Parser
-from .errors import INTERRUPTED, DannaSepError
+from .errors import INTERRUPTED, DannaSepError, Interrupted
 
 log = logging.getLogger("danna_sep")
 
@@ -44,15 +46,60 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as done:  # --help, --version, or argparse's one-line usage error (2)
         return int(done.code or 0)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    with _logging(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False)):
+    with _logging(verbose=getattr(args, "verbose", False), quiet=getattr(args, "quiet", False)), _signals():
         try:
             return handler(args)
         except DannaSepError as error:  # the one place where a user's problem becomes an exit code
             log.error("%s", error)
             return error.exit_code
-        except KeyboardInterrupt:
-            log.error("interrupted")
-            return INTERRUPTED
+        except KeyboardInterrupt as interrupt:
+            signum = getattr(interrupt, "signum", signal.SIGINT)
+            log.error("%s", _SIGNAL_WORDS.get(signum, "interrupted"))
+            return getattr(interrupt, "exit_code", INTERRUPTED)
+
+
+# What the last line says for each signal that stops a command.
+_SIGNAL_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}
+
+
+@contextlib.contextmanager
+def _signals() -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, `docker stop`, systemd) and SIGHUP (the terminal closed)
+    stop a command as Ctrl-C does: an `Interrupted` (a KeyboardInterrupt) is raised in the
+    main thread, so that the work under way cleans up as for Ctrl-C, and main exits 143 or
+    129 (130 for Ctrl-C). Once one has arrived, more are ignored until main returns, so that
+    the clean-up is not cut short. Handlers are installed only from the main thread (Python
+    allows no other) and put back on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[int] = []
+
+    def stop(signum, frame) -> None:
+        if caught:  # the clean-up of the first one is under way
+            return
+        caught.append(signum)
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {}
+    for signum in wanted:
+        if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # started in the background by a shell that ignores Ctrl-C for it
+        previous[signum] = signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Every log line on one line: a line break inside a message (a file named with one)
+    is written as \\n, so that each problem stays one line on the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\r", "\\r").replace("\n", "\\n")
 
 
 @contextlib.contextmanager
@@ -64,7 +111,7 @@ def _logging(verbose: bool, quiet: bool) -> Iterator[None]:
 
     logger = logging.getLogger("danna_sep")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("danna-sep: %(message)s"))
+    handler.setFormatter(_OneLineFormatter("danna-sep: %(message)s"))
     level = logger.level
     logger.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logger.addHandler(handler)

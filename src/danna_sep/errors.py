@@ -8,6 +8,7 @@ a bug, and raises with its traceback.
 
 from __future__ import annotations
 
+import errno
 from typing import Optional
 
 #: Exit codes of `danna-sep`.
@@ -17,6 +18,10 @@ USAGE = 2
 """The command line asks for something that cannot be done; nothing was started."""
 INTERRUPTED = 130
 """Ctrl-C; the work under way left nothing half-written."""
+HUNG_UP = 129
+"""SIGHUP (the terminal closed); handled as Ctrl-C is."""
+TERMINATED = 143
+"""SIGTERM (`kill`, `timeout`, `docker stop`, systemd); handled as Ctrl-C is."""
 
 
 class DannaSepError(Exception):
@@ -34,3 +39,36 @@ class UsageError(DannaSepError):
     """Options that cannot go together, or a value that cannot be used: found before any work."""
 
     exit_code = USAGE
+
+
+class DiskFullError(DannaSepError):
+    """A folder ran out of space (or quota), found before the work or while writing: "disk full: FOLDER"."""
+
+
+#: errno values that mean "no room left" rather than a broken file or folder.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(error: BaseException) -> bool:
+    """True for an OSError that says the disk (or the user's quota) is full."""
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+def disk_full(folder, detail: str = "") -> DiskFullError:
+    """The error for a full `folder`: "disk full: FOLDER", with `detail` in brackets when given."""
+    return DiskFullError(f"disk full: {folder}" + (f" ({detail})" if detail else ""))
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP, raised in the main thread by `danna_sep.cli`'s signal handler.
+
+    A KeyboardInterrupt, so that everything that cleans up after Ctrl-C (temporary files, the
+    track folders a track made) does the same for the other two."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

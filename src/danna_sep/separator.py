@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Literal, Mapping, Optional, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -188,6 +188,7 @@ class Separator:
         targets: Mapping[str, Union[str, os.PathLike]],
         output: Optional["OutputOptions"] = None,
         progress: Optional[StageProgressFn] = None,
+        allow_truncated: bool = False,
     ) -> "StemsWritten":
         """Separate an audio file straight into stem files, in memory bounded by the segment.
 
@@ -201,8 +202,15 @@ class Separator:
         seconds of audio (see `StageProgressFn`), so a callback that raises (Ctrl-C) stops the
         track in either pass. Without it, the Separator's own `progress(done, total)` follows
         pass 1 in samples, and is called again with pass 1's last values during pass 2.
+
+        Before any work, the temporary folder and the output folders are checked for the
+        space the track needs (`danna_sep.space`): a shortfall, or a full disk while it runs,
+        raises DiskFullError ("disk full: FOLDER ..."), leaving nothing behind, the folders
+        this track made included. A name longer than its file system takes is an AudioError
+        ("name too long"), and so is an input shorter than its header declares unless
+        `allow_truncated` (then a warning). A wav stem past 4 GB is written as RF64.
         """
-        return _write_stems(self, path, targets, output or OutputOptions(), progress)
+        return _write_stems(self, path, targets, output or OutputOptions(), progress, allow_truncated)
 
     def separate_file(self, path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         """Read any audio file and separate it; stems at the file's own sample rate."""
@@ -238,10 +246,16 @@ class OutputOptions:
     """rescale: all stems of a track scaled by one factor so none exceeds full scale;
     clamp: each sample clipped to [-1, 1]; none: exact floats (keep them with 32-bit wav)."""
     force: bool = False
+    spool: Literal["auto", "float32", "float16"] = "auto"
+    """How the input and stems are kept on disk between the passes: float32, or float16 at
+    half the space (about 70 dB below the stems); auto: float32 where the temporary folder
+    holds it, else float16 (see `danna_sep.space`)."""
 
     def __post_init__(self) -> None:
         if self.clip not in ("rescale", "clamp", "none"):
             raise ValueError(f"clip must be rescale, clamp or none, got {self.clip!r}")
+        if self.spool not in ("auto", "float32", "float16"):
+            raise ValueError(f"spool must be auto, float32 or float16, got {self.spool!r}")
 
 
 @dataclass(frozen=True)
@@ -285,12 +299,15 @@ def _write_stems(
     targets: Mapping[str, Union[str, os.PathLike]],
     output: OutputOptions,
     progress: Optional[StageProgressFn],
+    allow_truncated: bool = False,
 ) -> StemsWritten:
     import time
 
     import soxr
 
-    from .audio import AudioError, AudioWriter, default_bit_depth, load_spooled, output_format, source_bit_depth
+    from . import space
+    from .audio import (AudioError, AudioWriter, check_readable, declared_length, default_bit_depth, encoded_bytes,
+                        load_spooled, long_name, output_format, remove_empty_folders, source_bit_depth)
     from .spool import Spool
 
     sources = separator.sources
@@ -299,21 +316,38 @@ def _write_stems(
             raise ValueError(f"unknown stem {name!r} (sources: {', '.join(sources)})")
     final = {name: Path(t) for name, t in targets.items()}
     formats = {name: output_format(target, output.format) for name, target in final.items()}
+    check_readable(path)  # before anything opens it: a FIFO would block, a loop never resolve
+    for target in final.values():
+        too_long = long_name(target)
+        if too_long is not None:
+            raise AudioError(f"{target}: {too_long}")
     source_depth = source_bit_depth(path) if output.bit_depth is None else None
     depths = {name: output.bit_depth or default_bit_depth(fmt, source_depth) for name, fmt in formats.items()}
     if not output.force:
         for target in final.values():
             if target.exists() or target.is_symlink():
                 raise AudioError(f"{target}: already exists (use --force to overwrite)")
+    declared = declared_length(path)
+    seconds_declared = None if declared is None else declared[0] / declared[1]
+    if declared is not None:
+        frames_out = round(declared[0] * (output.samplerate or declared[1]) / declared[1])
+        sizes = [(target.parent, encoded_bytes(formats[name], frames_out, 2, output.samplerate or declared[1],
+                                               depths[name], output.mp3_bitrate)) for name, target in final.items()]
+    else:
+        sizes = []
+    dtype = space.spool_dtype(seconds_declared, sizes, output.spool, name=str(path))
 
     started = time.monotonic()
-    track, rate, length = load_spooled(path)
+    track, rate, length = load_spooled(path, allow_truncated=allow_truncated, dtype=dtype)
     out_rate = output.samplerate or rate
     out_length = length if out_rate == rate else round(length * out_rate / rate)
-    spools = {name: Spool(2) for name in final}
+    spools: Dict[str, Spool] = {}
     writers: Dict[str, AudioWriter] = {}
     committed = []
+    made: List[Path] = []  # folders that pass 2 may create: removed again if the track fails
     try:
+        for name in final:
+            spools[name] = Spool(2, dtype=dtype)
         # Pass 1: separate into float spools at 44.1 kHz, noting the peak for `rescale`.
         peak = 0.0
         seconds = length / rate
@@ -334,10 +368,12 @@ def _write_stems(
         # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
         if report is not None:
             report("encoding", 0.0, seconds)
+        made.extend(folder for target in final.values() for folder in [target.parent, *target.parent.parents]
+                    if not folder.exists())
         for index, (name, target) in enumerate(final.items()):
             writers[name] = writer = AudioWriter(
                 target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
-                mp3_bitrate=output.mp3_bitrate, force=output.force,
+                mp3_bitrate=output.mp3_bitrate, force=output.force, frames=out_length,
             )
             resampler = None
             if out_rate != SAMPLERATE:
@@ -368,6 +404,7 @@ def _write_stems(
             writer.abort()
         for done in committed:  # a track is written whole or not at all
             done.unlink(missing_ok=True)
+        remove_empty_folders(made)
         raise
     finally:
         track.close()

@@ -1,8 +1,8 @@
 """`danna-sep separate INPUT... -o OUT`: split songs into stem files.
 
 Exit codes: 0 every input separated; 1 some failed (one line each, the others are still
-written); 2 a usage error, found before any model loads; 130 interrupted (the track under
-way leaves nothing behind).
+written); 2 a usage error, found before any model loads; 130 interrupted by Ctrl-C, 143 by
+SIGTERM, 129 by SIGHUP (the track under way leaves nothing behind, its folders included).
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ def register(subparsers) -> None:
     what.add_argument("--clip", choices=["rescale", "clamp", "none"], default="rescale",
                       help="rescale: all stems of a track scaled together below full scale; "
                            "clamp: clip each sample; none: exact floats (default: %(default)s)")
+    what.add_argument("--allow-outside-output", action="store_true",
+                      help="let an absolute --filename, or one whose .. parts climb out of OUT, write there "
+                           "(refused otherwise)")
     what.add_argument("--force", action="store_true", help="overwrite existing outputs")
     what.add_argument("--skip-existing", action="store_true",
                       help="skip the inputs whose stems are all there already (and write only the missing "
@@ -65,6 +68,9 @@ def register(subparsers) -> None:
                    help="print one JSON object per input on stdout: input, status (done, skipped, failed), "
                         "error, outputs, audio_seconds, compute_seconds, real_time_factor, device, precision, "
                         "bundle, models")
+    p.add_argument("--allow-truncated", action="store_true",
+                   help="separate an input shorter than its header declares (cut off while copied or "
+                        "downloaded), with a warning, instead of refusing it")
     how = p.add_argument_group("processing")
     add_engine_arguments(how, precision="auto")
     how.add_argument("-j", "--jobs", type=ranged(int, 1, 64), default=1,
@@ -85,8 +91,6 @@ def template(text: str) -> str:
             f"{text!r}: unknown field {{{unknown[0]}}} (fields: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})")
     if "stem" not in fields:
         raise argparse.ArgumentTypeError(f"{text!r}: needs {{stem}}, or every stem would go to the same file")
-    if text.startswith("/"):
-        raise argparse.ArgumentTypeError(f"{text!r}: names a path below --out, not an absolute one")
     return text
 
 
@@ -149,25 +153,39 @@ def _collect_inputs(paths: List[str], out: Path) -> Tuple[List[_Input], List[Tup
     inputs: List[_Input] = []
     seen = set()
     problems: List[Tuple[Path, str]] = []
+    from ..audio import AudioError, check_readable
+
     for text in paths:
         path = Path(text)
-        if path.is_dir():
+        if not _is_folder(path):
+            try:
+                check_readable(path)  # no such file, a symlink loop, a FIFO, a name too long: said as what it is
+            except AudioError as error:
+                text = str(error)
+                problems.append((path, text[len(f"{path}: "):] if text.startswith(f"{path}: ") else text))
+                continue
+        if _is_folder(path):
             found = sorted(p for p in path.rglob("*") if p.is_file() and is_audio_file(p)
                            and out not in p.resolve().parents)
             if not found:
                 problems.append((path, "folder holds no audio files"))
             named = [_Input(p, p.parent.relative_to(path).as_posix()) for p in found]
-        elif path.exists():
-            named = [_Input(path, "")]
         else:
-            problems.append((path, "no such file"))
-            continue
+            named = [_Input(path, "")]
         for item in named:
             key = item.path.resolve()
             if key not in seen:  # a file named twice, or named and found in a folder given too
                 seen.add(key)
                 inputs.append(item)
     return inputs, problems
+
+
+def _is_folder(path: Path) -> bool:
+    """Path.is_dir, but False where the name cannot even be looked up (too long, say)."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _track_name(path: Path) -> Tuple[str, str]:
@@ -187,8 +205,44 @@ def _stem_paths(args: argparse.Namespace, item: _Input, stems: List[str]) -> Dic
         relative = args.filename.format(track=track, trackext=trackext, relpath=item.relpath, stem=stem,
                                         ext=args.format)
         parts = [part for part in relative.split("/") if part not in ("", ".")]
-        out[stem] = Path(args.out).joinpath(*parts)
+        out[stem] = Path("/" if args.filename.startswith("/") else args.out).joinpath(*parts)
     return out
+
+
+def _refuse_escapes(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
+    """A usage error when a --filename (absolute, or climbing out with ..) would write outside
+    --out, unless --allow-outside-output."""
+    import os
+
+    if args.allow_outside_output:
+        return
+    root = os.path.abspath(args.out)
+    for item in inputs:
+        for target in _stem_paths(args, item, stems).values():
+            where = os.path.normpath(os.path.abspath(target))
+            if os.path.commonpath([root, where]) != root:
+                raise UsageError(f"--filename {args.filename!r} writes {target}, outside --out {args.out} "
+                                 f"(give --allow-outside-output to write there)")
+
+
+def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
+    """Remove what a killed run (SIGKILL, a power cut) left in the folders this run writes
+    into: temporary files whose writer is gone (said in a line), then track folders left empty."""
+    import os
+
+    from ..audio import remove_stale_temporaries
+
+    root = os.path.abspath(args.out)
+    folders = {target.parent for item in inputs for target in _stem_paths(args, item, stems).values()}
+    for folder in sorted(folders):
+        if not folder.is_dir():
+            continue
+        remove_stale_temporaries(folder)
+        if os.path.abspath(folder) != root and not any(folder.iterdir()):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def _refuse_collisions(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
@@ -348,7 +402,7 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
             bar.show(stage, done, total)
 
     try:
-        written = separator.write_stems(path, targets, output, progress)
+        written = separator.write_stems(path, targets, output, progress, allow_truncated=args.allow_truncated)
     finally:
         if bar is not None:
             bar.close()
@@ -386,12 +440,19 @@ def run(args: argparse.Namespace) -> int:
         kind = f"{args.bit_depth}-bit {args.format}" if args.bit_depth else args.format
         log.warning("--clip none keeps exact floats in 32-bit float wav only: %s stems clip at full scale", kind)
     out = Path(args.out)
+    from ..audio import long_name
+
+    too_long = long_name(out.absolute())
+    if too_long is not None:
+        raise UsageError(f"--out {out}: {too_long}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder")
     files, problems = _collect_inputs(args.inputs, out)
     # Every source a bundle can have, until the bundle says which it has (never more).
     wanted = _wanted(args, list(SOURCES))
     _refuse_collisions(args, files, wanted)
+    _refuse_escapes(args, files, wanted)
+    _clear_killed_runs(args, files, wanted)
     report = _Report(args)
     for path, message in problems:
         report(_Result(path, "failed", error=message))
