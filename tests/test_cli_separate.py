@@ -354,6 +354,7 @@ def usage_error(argv, capsys):
     (["--device", "gpu"], "argument --device: gpu: not a device (auto, cpu, cuda, cuda:N or mps)"),
     (["--device", "mps"], "argument --device: mps: Apple's MPS is not available on this machine"),
     (["--device", "cuda:7"], "argument --device: cuda:7: "),
+    (["--bundle", "no-such-bundle"], "--bundle no-such-bundle: no such bundle folder or name"),
 ])
 def test_usage_errors_are_one_line_and_come_before_any_model_loads(tmp_path, capsys, monkeypatch, no_model_loads,
                                                                    extra, words):

@@ -117,8 +117,11 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
     """A combination of options that means nothing, or None."""
     if args.stems and args.two_stems:
         return "--stems and --two-stems exclude each other"
-    from ..catalog import checkpoints_folder
+    from ..catalog import checkpoints_folder, find_bundle
 
+    if (args.bundle is not None and args.checkpoints is None and not Path(args.bundle).is_dir()
+            and find_bundle(args.bundle) is None):
+        return f"--bundle {args.bundle}: no such bundle folder or name (danna-sep models lists them)"
     # Without --bundle, the original checkpoints of $DANNA_CHECKPOINTS stand in for --checkpoints.
     if args.fast and args.checkpoints is None and (args.bundle is not None or checkpoints_folder() is None):
         return "--fast picks members of the original checkpoints: give --checkpoints too"
