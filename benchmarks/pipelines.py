@@ -26,10 +26,10 @@ from typing import Dict, Optional, Sequence
 
 try:  # run as a module: python -m benchmarks.pipelines
     from . import _common as common
-    from .quality import DEFAULT_DATA, BlendFromMembers, ensure_split, existing_split, markdown, members_alone, score
+    from .quality import DEFAULT_DATA, BlendFromMembers, bundle_and_split, markdown, members_alone, score
 except ImportError:  # run as a script: python benchmarks/pipelines.py
     import _common as common  # type: ignore[no-redef]
-    from quality import (DEFAULT_DATA, BlendFromMembers, ensure_split, existing_split,  # type: ignore[no-redef]
+    from quality import (DEFAULT_DATA, BlendFromMembers, bundle_and_split,  # type: ignore[no-redef]
                          markdown, members_alone, score)
 
 from danna_sep.bundle import Bundle, BundleError
@@ -75,14 +75,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from danna_sep.data import DataError
-    from danna_sep.separator import resolve_bundle
-
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        bundle = resolve_bundle(args.bundle)
-        tracks = (existing_split(args.data, args.tracks) if args.as_is
-                  else ensure_split(args.data, args.tracks, args.seconds, args.seed, 2))
+        bundle, tracks = bundle_and_split(args, 2)
     except (BundleError, DataError, common.BenchmarkError) as exc:
         print(f"pipelines: {exc}", file=sys.stderr)
         return 1

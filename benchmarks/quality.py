@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +85,17 @@ def existing_split(root: Path, tracks: int) -> List:
     if not found:
         raise common.BenchmarkError(f"{root}: no tracks in test/")
     return found
+
+
+def bundle_and_split(args: argparse.Namespace, workers: int) -> Tuple[Bundle, List]:
+    """The bundle and the test split a benchmark's command line names: `args.data` as found
+    (`--as-is`) or generated there. Raises BundleError, DataError or BenchmarkError."""
+    from danna_sep.separator import resolve_bundle
+
+    bundle = resolve_bundle(args.bundle)
+    if args.as_is:
+        return bundle, existing_split(args.data, args.tracks)
+    return bundle, ensure_split(args.data, args.tracks, args.seconds, args.seed, workers)
 
 
 def members_alone(bundle: Bundle) -> List[Bundle]:
@@ -279,7 +290,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import torch
 
     from danna_sep.data import DataError
-    from danna_sep.separator import resolve_bundle
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -287,12 +297,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"quality: {args.json}: already exists (use --force to overwrite)", file=sys.stderr)
         return 1
     try:
-        bundle = resolve_bundle(args.bundle)
         clips = [] if args.realval == "none" else load_realval(Path(args.realval))
-        if args.as_is:
-            tracks = existing_split(args.data, args.tracks)
-        else:
-            tracks = ensure_split(args.data, args.tracks, args.seconds, args.seed, args.workers)
+        bundle, tracks = bundle_and_split(args, args.workers)
     except (BundleError, DataError, common.BenchmarkError) as exc:
         print(f"quality: {exc}", file=sys.stderr)
         return 1
