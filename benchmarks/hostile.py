@@ -445,8 +445,8 @@ def last_line(err: str) -> str:
 def _shown(line: str) -> str:
     """A line of stderr as it reads once bars are redrawn: from its last line of ours, if any."""
     line = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", line)
-    at = line.rfind("danna-sep")
-    return (line[at:] if at >= 0 else line.split("\r")[-1]).strip()
+    ours = re.search(r"(?:^|[\r\]])\s*(danna-sep.*)$", line)  # a log line may follow a bar's last state
+    return (ours.group(1) if ours else line.split("\r")[-1]).strip()
 
 
 def leftovers(out: Path, tmp: Optional[Path] = None) -> List[str]:

@@ -1049,6 +1049,11 @@ _TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}\.[A-Za-z0-9]+")
 _FULL_BELOW = 1 << 20  # bytes free under which a failed write is taken for a full disk
 
 
+def is_temporary_name(name: str) -> bool:
+    """True for the name of one of our temporary files (".NAME.tmp-PID-8HEX.EXT")."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
 def _process_is_gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -229,19 +229,24 @@ def _refuse_escapes(args: argparse.Namespace, inputs: List[_Input], stems: List[
 
 
 def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
-    """Remove what a killed run (SIGKILL, a power cut) left in the folders this run writes
-    into: temporary files whose writer is gone (said in a line), then track folders left empty."""
+    """Remove what a killed run (SIGKILL, a power cut) left below --out and in the folders this
+    run writes into: temporary files whose writer is gone (said in a line), then the folders
+    they leave empty, and this run's track folders left empty."""
     import os
 
-    from ..audio import remove_stale_temporaries
+    from ..audio import is_temporary_name, remove_stale_temporaries
 
-    root = os.path.abspath(args.out)
-    folders = {target.parent for item in inputs for target in _stem_paths(args, item, stems).values()}
-    for folder in sorted(folders):
+    root = Path(os.path.abspath(args.out))
+    targets = {Path(os.path.abspath(target.parent)) for item in inputs
+               for target in _stem_paths(args, item, stems).values()}
+    folders = set(targets)
+    if root.is_dir():
+        folders |= {Path(place) for place, _, names in os.walk(root) if any(map(is_temporary_name, names))}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
         if not folder.is_dir():
             continue
-        remove_stale_temporaries(folder)
-        if os.path.abspath(folder) != root and not any(folder.iterdir()):
+        removed = remove_stale_temporaries(folder)
+        if folder != root and (removed or folder in targets) and not any(folder.iterdir()):
             try:
                 folder.rmdir()
             except OSError:
