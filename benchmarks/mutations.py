@@ -79,8 +79,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "bfloat16-mixture-stft", "under bfloat16 the mixture STFT itself is rounded to bfloat16, not only the networks",
         "src/danna_sep/engine.py",
-        (("        mix_stft = spectral.stft(x)  # (1, channels, bins, frames)\n",
-          "        mix_stft = spectral.stft(x)  # (1, channels, bins, frames)\n"
+        (("        mix_stft = spectral.stft(x)\n",
+          "        mix_stft = spectral.stft(x)\n"
           '        if self.options.precision == "bfloat16":\n'
           "            mix_stft = torch.view_as_complex(torch.view_as_real(mix_stft).to(torch.bfloat16).float())\n"),),
         ("tests/test_precision.py::test_only_the_network_runs_in_bfloat16",
@@ -97,7 +97,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "killed-temporaries-stay", "temporaries of a run killed while encoding are never removed, not even by a rerun",
         "src/danna_sep/audio.py",
-        (("        if pid != os.getpid() and _process_is_gone(pid):\n", "        if False:\n"),),
+        (("        if found[\"host\"] == _host_tag() and pid != os.getpid() and _process_is_gone(pid):\n",
+          "        if False:\n"),),
         ("tests/test_cli_bad_input.py::test_sigkill_then_a_rerun_writes_the_track_whole",),
     ),
     Mutation(
