@@ -229,6 +229,27 @@ def test_3_8_a_run_after_a_sigkill_removes_its_temporaries_and_folder_and_says_s
     assert not half_written(out)
 
 
+def test_3_only_this_machines_temporaries_of_gone_processes_are_removed(tmp_path):
+    """Another machine or container writing into the same folder (a share, a volume) has pids
+    this one cannot see: its temporaries are left alone, as are those of a process still running."""
+    from danna_sep.audio import _host_tag, remove_stale_temporaries
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    other = "0000" if _host_tag() != "0000" else "ffff"
+    names = {
+        f".a.wav.tmp-{gone.pid}-{_host_tag()}beef.wav": False,  # ours, its writer gone: removed
+        f".b.wav.tmp-{gone.pid}-{other}beef.wav": True,  # another machine's: kept
+        f".c.wav.tmp-{os.getpid()}-{_host_tag()}beef.wav": True,  # this very process: kept
+        f".d.wav.tmp-{os.getppid()}-{_host_tag()}beef.wav": True,  # a process still running: kept
+        ".e.wav": True,  # not one of ours
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_temporaries(tmp_path) == [tmp_path / next(iter(names))]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, kept in names.items() if kept)
+
+
 # --- 4. truncation judged the same way for every format -------------------------------------
 
 TRUNCATED = ["wav-cut", "wav-size-fffffffe", "wav-header-only", "aiff-cut", "mp3-cut", "opus-cut", "vorbis-cut",

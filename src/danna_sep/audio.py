@@ -1043,9 +1043,17 @@ def remove_empty_folders(folders: Sequence[Path]) -> None:
             pass
 
 
-# Our temporary files: ".NAME.tmp-PID-8HEX.EXT" (NAME shortened to "PREFIX~8HEX" where the
-# whole would not fit in a file name). The pid lets a later run see the writer is gone.
-_TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>\d+)-[0-9a-f]{8}\.[A-Za-z0-9]+")
+# Our temporary files: ".NAME.tmp-PID-HOST4RAND4.EXT" (NAME shortened to "PREFIX~8HEX" where
+# the whole would not fit in a file name). The pid lets a later run see the writer is gone;
+# HOST, 4 hex digits of a hash of the machine's name, keeps a run from judging the pids of
+# another machine or container writing into the same folder (a network share, a volume).
+_TEMPORARY = re.compile(r"\..+\.tmp-(?P<pid>\d+)-(?P<host>[0-9a-f]{4})[0-9a-f]{4}\.[A-Za-z0-9]+")
+
+
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:4]
 _FULL_BELOW = 1 << 20  # bytes free under which a failed write is taken for a full disk
 
 
@@ -1078,7 +1086,7 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
         if found is None:
             continue
         pid = int(found["pid"])
-        if pid != os.getpid() and _process_is_gone(pid):
+        if found["host"] == _host_tag() and pid != os.getpid() and _process_is_gone(pid):
             try:
                 (folder / name).unlink()
             except OSError:
@@ -1094,7 +1102,7 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
 def _temporary_name(name: str, extension: str, limit: int) -> str:
     """The hidden temporary name for target `name`: ".NAME.tmp-PID-8HEX.EXT", NAME cut to a
     prefix and a hash of the whole where that would be longer than `limit` bytes."""
-    tail = f".tmp-{os.getpid()}-{secrets.token_hex(4)}.{extension}"
+    tail = f".tmp-{os.getpid()}-{_host_tag()}{secrets.token_hex(2)}.{extension}"
     whole = f".{name}{tail}"
     if len(os.fsencode(whole)) <= limit:
         return whole

@@ -228,6 +228,9 @@ def _refuse_escapes(args: argparse.Namespace, inputs: List[_Input], stems: List[
                                  f"(give --allow-outside-output to write there)")
 
 
+_WALK_LIMIT = 10_000  # folders of -o searched for a killed run's temporaries (-o ~ would be all of home)
+
+
 def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
     """Remove what a killed run (SIGKILL, a power cut) left below --out and in the folders this
     run writes into: temporary files whose writer is gone (said in a line), then the folders
@@ -240,8 +243,13 @@ def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: Li
     targets = {Path(os.path.abspath(target.parent)) for item in inputs
                for target in _stem_paths(args, item, stems).values()}
     folders = set(targets)
-    if root.is_dir():
-        folders |= {Path(place) for place, _, names in os.walk(root) if any(map(is_temporary_name, names))}
+    if root.is_dir():  # a killed run may have written other tracks: look through -o (its first 10000 folders)
+        for count, (place, _, names) in enumerate(os.walk(root)):
+            if count >= _WALK_LIMIT:
+                log.debug("%s: looked for killed runs' temporaries in %d folders only", root, _WALK_LIMIT)
+                break
+            if any(map(is_temporary_name, names)):
+                folders.add(Path(place))
     for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
         if not folder.is_dir():
             continue
