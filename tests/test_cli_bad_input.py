@@ -271,6 +271,14 @@ def test_jobs_separate_several_tracks_at_once(tmp_path, tiny_bundle, capsys):
 
 # --- interrupts and kills, in child processes watched with deadlines ------------------------
 
+def _signals_as_in_a_terminal() -> None:
+    """A process started in the background by a non-interactive shell (nohup, `cmd &`, some CI
+    runners) inherits SIGINT and SIGHUP ignored, and the command rightly leaves an ignored
+    Ctrl-C ignored; the child gets the dispositions of a command typed in a terminal."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 class Child:
     """`python -m danna_sep.cli ARGS` in a subprocess. A thread drains its stderr, so that
     no wait for its output can block past a deadline; leaving the `with` block kills it if
@@ -279,7 +287,7 @@ class Child:
     def __init__(self, args):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "danna_sep.cli", *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"),
+            stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=_signals_as_in_a_terminal,
         )
         self._chunks = []
         self._lock = threading.Lock()
