@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -204,6 +205,35 @@ def test_1_a_spool_on_a_full_disk_says_disk_full(tmp_path, tmpfs):
 
 
 # --- 2. 8. SIGTERM and SIGHUP as Ctrl-C (in test_cli_bad_input.py, with the folders) -----------
+def test_2_a_run_started_under_nohup_survives_a_hangup(tmp_path, tiny_bundle, hostile):
+    """nohup starts the command with SIGHUP ignored, so that closing the terminal does not stop
+    it: SIGHUP stays ignored, and the track is written whole."""
+    source = hostile.write_wav(tmp_path / "long.wav", hostile.LONG)
+    out = tmp_path / "out"
+
+    def as_nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    with open(tmp_path / "err.txt", "wb") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "danna_sep.cli", "separate", str(source), "-o", str(out), "--bundle",
+             str(tiny_bundle), "--segment", "2", "--format", "mp3", "-q"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+            env=dict(os.environ, OMP_NUM_THREADS="1"), preexec_fn=as_nohup)
+        try:
+            deadline = time.monotonic() + 300
+            while not any(_files(out).values()) and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            child.send_signal(signal.SIGHUP)
+            code = child.wait(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    assert code == 0, (tmp_path / "err.txt").read_text()
+    assert sorted(p.name for p in (out / "long").iterdir()) == sorted(f"{s}.mp3" for s in STEMS)
+
+
 # --- 3. SIGKILL: the next run cleans up, into the same output folder, and says so -------------
 
 def test_3_8_a_run_after_a_sigkill_removes_its_temporaries_and_folder_and_says_so(tmp_path, tiny_bundle, capfd,

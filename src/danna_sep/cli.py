@@ -68,8 +68,9 @@ def _signals() -> Iterator[None]:
     stop a command as Ctrl-C does: an `Interrupted` (a KeyboardInterrupt) is raised in the
     main thread, so that the work under way cleans up as for Ctrl-C, and main exits 143 or
     129 (130 for Ctrl-C). Once one has arrived, more are ignored until main returns, so that
-    the clean-up is not cut short. Handlers are installed only from the main thread (Python
-    allows no other) and put back on the way out."""
+    the clean-up is not cut short. A signal the process was started ignoring stays ignored
+    (`nohup` ignores SIGHUP). Handlers are installed only from the main thread (Python allows
+    no other) and put back on the way out."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -84,8 +85,8 @@ def _signals() -> Iterator[None]:
     wanted = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
     previous = {}
     for signum in wanted:
-        if signum == signal.SIGINT and signal.getsignal(signum) is signal.SIG_IGN:
-            continue  # started in the background by a shell that ignores Ctrl-C for it
+        if signal.getsignal(signum) is signal.SIG_IGN:
+            continue  # ignored on purpose: nohup (SIGHUP), a shell's background job (SIGINT)
         previous[signum] = signal.signal(signum, stop)
     try:
         yield
