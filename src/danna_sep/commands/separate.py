@@ -234,7 +234,7 @@ _WALK_LIMIT = 10_000  # folders of -o searched for a killed run's temporaries (-
 def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: List[str]) -> None:
     """Remove what a killed run (SIGKILL, a power cut) left below --out and in the folders this
     run writes into: temporary files whose writer is gone (said in a line), then the folders
-    they leave empty, and this run's track folders left empty."""
+    they leave empty."""
     import os
 
     from ..audio import is_temporary_name, remove_stale_temporaries
@@ -254,7 +254,7 @@ def _clear_killed_runs(args: argparse.Namespace, inputs: List[_Input], stems: Li
         if not folder.is_dir():
             continue
         removed = remove_stale_temporaries(folder)
-        if folder != root and (removed or folder in targets) and not any(folder.iterdir()):
+        if folder != root and removed and not any(folder.iterdir()):  # a folder someone made empty stays
             try:
                 folder.rmdir()
             except OSError:
