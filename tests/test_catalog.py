@@ -125,9 +125,9 @@ def test_separate_bundle_name_from_DANNA_BUNDLES(tmp_path, monkeypatch, capsys):
     assert main(common + ["--bundle", "tiny"]) == 0, capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "out" / "in").iterdir()) == [
         "bass.wav", "drums.wav", "other.wav", "vocals.wav"]
-    assert main(common + ["--bundle", "tiny2"]) != 0
+    assert main(common + ["--bundle", "tiny2"]) == 2  # a usage error, found before any model loads
     err = capsys.readouterr().err
-    assert "tiny2: no such bundle folder, shipped bundle or bundle in $DANNA_BUNDLES" in err
+    assert "--bundle tiny2: no such bundle folder or name" in err
     assert len(err.strip().splitlines()) == 1
 
 
