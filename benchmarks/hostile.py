@@ -472,7 +472,7 @@ def _growing(out: Path) -> bool:
         return False
 
 
-def _fill(folder: Path) -> Path:
+def fill_disk(folder: Path) -> Path:
     """Write a file into `folder` until its file system is full."""
     filler = folder / "filler"
     with open(filler, "wb") as handle:
@@ -532,7 +532,7 @@ def _run(setup: Setup, command: List[str], env: Dict[str, str], out: Path, timeo
         if setup.fill is not None:  # fill the disk once the separation shows progress
             while b"real-time factor" not in b"".join(chunks) and child.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.02)
-            filler = _fill(setup.fill)
+            filler = fill_disk(setup.fill)
         else:  # a signal once a stem file holds data
             while not _growing(out) and child.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.01)

@@ -136,18 +136,6 @@ def test_1_a_full_output_disk_is_refused_before_any_work(tmp_path, tiny_bundle, 
     assert not (disk / "out").exists()
 
 
-def _fill(folder: Path) -> Path:
-    filler = folder / "filler"
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(b"\0" * (1 << 20))
-                handle.flush()
-        except OSError:
-            pass
-    return filler
-
-
 @pytest.mark.parametrize("where", ["tmp", "out"])
 def test_1_8_a_disk_filling_up_while_separating_is_one_line_and_leaves_nothing(tmp_path, tiny_bundle, tmpfs,
                                                                                monkeypatch, hostile, where):
@@ -161,7 +149,7 @@ def test_1_8_a_disk_filling_up_while_separating_is_one_line_and_leaves_nothing(t
     args = ["separate", str(source), "-o", str(out), "--bundle", str(tiny_bundle), "--segment", "2"]
     with Child(args) as child:
         child.wait_for(lambda: "real-time factor" in child.err, 300, "the first segment separated")
-        filler = _fill(disk)
+        filler = hostile.fill_disk(disk)
         code = child.finish(120)
     filler.unlink()
     lines = shown(child.err)
