@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -279,15 +279,40 @@ def _infer_original_kwargs(name: str, state: Mapping[str, torch.Tensor], scripte
     raise KeyError(name)
 
 
+def load_original_file(name: str, path: str | os.PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
+    """One of the original tool's files as our module for member `name` ("xumx", "unet_attn",
+    "demucs_split"; "xumx_onnx" for xumx.onnx, run by onnxruntime), and its constructor
+    arguments. A TorchScript file's state dict is loaded with `strict=True`."""
+    path = Path(path)
+    if name == "xumx_onnx":
+        return _load_onnx_xumx(path), {}
+    try:
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise BundleError(f"{path}: not a readable TorchScript file ({first})") from None
+    state = dict(scripted.state_dict())
+    try:
+        kwargs = _infer_original_kwargs(name, state, scripted)
+        model = models.build(name, **kwargs)
+        model.load_state_dict(state, strict=True)
+    except (KeyError, RuntimeError, IndexError) as exc:
+        raise BundleError(f"{path}: weights do not fit {name} ({type(exc).__name__}: {exc})") from None
+    return model.eval(), kwargs
+
+
 def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
     """Load the original tool's TorchScript checkpoints into our modules.
 
     The files' state dicts are loaded into our classes with `strict=True`; our modules
     then run them (with the U-Net's original attention padding bias).
     """
+    from .download import fetch_command
+
     root = Path(folder)
     if not root.is_dir():
-        raise BundleError(f"{root}: checkpoint folder not found")
+        raise BundleError(f"{root}: checkpoint folder not found ({fetch_command(root, fast)} fetches the "
+                          "original tool's files)")
     table = FAST_BLEND if fast else PAPER_BLEND
     members = []
     for name, blend in table.items():
@@ -297,21 +322,10 @@ def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
             members.append(Member(name=name, model=_load_onnx_xumx(onnx_path), blend=dict(blend), kwargs={}))
             continue
         if not path.is_file():
-            hint = f" (or {ORIGINAL_XUMX_ONNX}, or use --fast to skip X-UMX)" if name == "xumx" else ""
-            raise BundleError(f"{path}: checkpoint missing{hint}")
-        try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BundleError(f"{path}: not a readable TorchScript file ({first})") from None
-        state = dict(scripted.state_dict())
-        try:
-            kwargs = _infer_original_kwargs(name, state, scripted)
-            model = models.build(name, **kwargs)
-            model.load_state_dict(state, strict=True)
-        except (KeyError, RuntimeError, IndexError) as exc:
-            raise BundleError(f"{path}: weights do not fit {name} ({type(exc).__name__}: {exc})") from None
-        model.eval()
+            hint = f"or {ORIGINAL_XUMX_ONNX}; {fetch_command(root)} fetches them, or use --fast to skip X-UMX" \
+                if name == "xumx" else f"{fetch_command(root, fast)} fetches it"
+            raise BundleError(f"{path}: checkpoint missing ({hint})")
+        model, kwargs = load_original_file(name, path)
         members.append(Member(name=name, model=model, blend=dict(blend), kwargs=kwargs))
     return Bundle(members=members, sources=list(SOURCES), origin=str(root))
 
