@@ -8,17 +8,19 @@ SIGTERM, 129 by SIGHUP (the track under way leaves nothing behind, its folders i
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .. import SOURCES
 from ..errors import DannaSepError, UsageError
+from ..manifest import Manifest
+from .batch import current_share, device_for, gather_at_first, read_inputs_from, shard_option
 from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, comma_list, ranged
+from .report import Report, TrackResult
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ DEFAULT_TEMPLATE = "{relpath}/{track}/{stem}.{ext}"
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("separate", help="split songs into stems")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="audio files or folders (searched recursively)")
     p.add_argument("-o", "--out", default="separated", help="output folder (default: %(default)s)")
     which = p.add_argument_group("models")
     add_model_arguments(which, which)
@@ -75,6 +77,16 @@ def register(subparsers) -> None:
     add_engine_arguments(how, precision="auto")
     how.add_argument("-j", "--jobs", type=ranged(int, 1, 64), default=1,
                      help="tracks separated at once, sharing the CPU cores (default: %(default)s)")
+    batch = p.add_argument_group("large batches (see also: torchrun, in the README)")
+    batch.add_argument("--inputs-from", metavar="FILE",
+                       help="read more inputs from FILE, one path per line (- for standard input)")
+    batch.add_argument("--manifest", metavar="FILE.jsonl",
+                       help="append a JSON line per track separated, skipped or failed (input, outputs "
+                            "with their sha256, seconds, rank, error); a rerun with the same manifest "
+                            "skips the tracks it records done whose stems still match their hashes")
+    batch.add_argument("--shard", type=shard_option, default=None, metavar="K/N",
+                       help="separate only the K-th of N shares of the sorted inputs (K from 1): N "
+                            "independent jobs, say a job array, split a catalog between them")
     add_verbosity_arguments(p, quiet="no progress bars or summaries")
     p.set_defaults(handler=run)
 
@@ -315,87 +327,8 @@ class _Cancelled(Exception):
     """Raised inside a worker's progress callback once Ctrl-C was pressed."""
 
 
-@dataclass
-class _Result:
-    """What became of one input: done, skipped (every stem already there) or failed."""
-
-    input: Path
-    status: str
-    outputs: Dict[str, Path] = field(default_factory=dict)
-    error: Optional[str] = None
-    audio_seconds: Optional[float] = None
-    compute_seconds: Optional[float] = None
-    scale: float = 1.0
-
-    @property
-    def real_time_factor(self) -> Optional[float]:
-        """Compute time over audio time: below 1 is faster than real time."""
-        if not self.audio_seconds or self.compute_seconds is None:
-            return None
-        return self.compute_seconds / self.audio_seconds
-
-
-def _speed(audio: float, compute: float) -> str:
-    """'20.0 s of audio in 3.1 s: real-time factor 0.16, 6.4x faster than real time'."""
-    rtf = compute / audio if audio else float("inf")
-    pace = f"{1 / rtf:.1f}x faster than real time" if rtf < 1 else f"{rtf:.1f}x slower than real time"
-    return f"{audio:.1f} s of audio in {compute:.1f} s: real-time factor {rtf:.2f}, {pace}"
-
-
-class _Report:
-    """Says what became of each input: a line on stderr, and with --json one object per
-    input on stdout; counts the outcomes for the exit code and the closing summary."""
-
-    def __init__(self, args: argparse.Namespace):
-        self.json = args.json
-        self.results: List[_Result] = []
-        self.separator = None
-
-    def __call__(self, result: _Result) -> None:
-        self.results.append(result)
-        if result.status == "failed":
-            message = result.error or ""
-            log.error("%s", message if str(result.input) in message else f"{result.input}: {message}")
-        elif result.status == "skipped":
-            log.info("%s: skipped, its stems are there already (--skip-existing)", result.input)
-        else:
-            folder = next(iter(result.outputs.values())).parent
-            note = f", scaled by {result.scale:.3f} to avoid clipping" if result.scale != 1.0 else ""
-            log.info("%s -> %s/ (%d stems, %s%s)", result.input.name, folder, len(result.outputs),
-                     _speed(result.audio_seconds or 0.0, result.compute_seconds or 0.0), note)
-        if self.json:
-            print(json.dumps(self._record(result)), flush=True)
-
-    def _record(self, result: _Result) -> dict:
-        separator = self.separator
-        rtf = result.real_time_factor
-        return {
-            "input": str(result.input),
-            "status": result.status,
-            "outputs": {stem: str(path) for stem, path in result.outputs.items()},
-            "error": result.error,
-            "audio_seconds": result.audio_seconds,
-            "compute_seconds": None if result.compute_seconds is None else round(result.compute_seconds, 3),
-            "real_time_factor": None if rtf is None else round(rtf, 4),
-            "device": None if separator is None else str(separator.device),
-            "precision": None if separator is None else separator.options.precision,
-            "bundle": None if separator is None else separator.bundle.origin,
-            "models": None if separator is None else [m.name for m in separator.bundle.members],
-        }
-
-    def finish(self) -> int:
-        """The closing summary line (several inputs), and the exit code: 1 if any failed."""
-        count = {status: sum(r.status == status for r in self.results) for status in ("done", "skipped", "failed")}
-        if len(self.results) > 1:
-            done = [r for r in self.results if r.status == "done"]
-            audio = sum(r.audio_seconds or 0.0 for r in done)
-            speed = f" ({_speed(audio, sum(r.compute_seconds or 0.0 for r in done))})" if done else ""
-            log.info("%d inputs: %d done, %d skipped, %d failed%s", len(self.results), count["done"],
-                     count["skipped"], count["failed"], speed)
-        return 1 if count["failed"] else 0
-
-
-def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel) -> _Result:
+def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel,
+                  manifest: Optional[Manifest], quiet: bool) -> TrackResult:
     """Separate one input into its stem files (those missing, with --skip-existing)."""
     from ..separator import OutputOptions
 
@@ -404,12 +337,15 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
     if args.skip_existing:
         there = {stem: target for stem, target in targets.items() if target.exists()}
         if len(there) == len(targets):
-            return _Result(path, "skipped", outputs=targets)
+            return TrackResult(path, "skipped", outputs=targets)
         targets = {stem: target for stem, target in targets.items() if stem not in there}
+    # A track the manifest lists (its stems since changed or lost) is redone over the files
+    # this batch wrote; any other file in the way still needs --force.
+    force = args.force or (manifest is not None and _only_recorded_in_the_way(manifest, item, targets))
     output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate or 320,
-                           samplerate=args.samplerate, clip=args.clip, force=args.force)
+                           samplerate=args.samplerate, clip=args.clip, force=force)
     started = time.monotonic()
-    bar = None if args.quiet else _Bar(path.name, position)
+    bar = None if quiet else _Bar(path.name, position)
 
     def progress(stage: str, done: float, total: float) -> None:
         if cancel.is_set():
@@ -425,7 +361,7 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
     took = time.monotonic() - started
     log.debug("%s: %.1f s of audio: decoded and separated in %.2f s, encoded in %.2f s", path,
               written.seconds, written.separating_seconds, written.encoding_seconds)
-    return _Result(path, "done", outputs=dict(written.paths), audio_seconds=round(written.seconds, 3),
+    return TrackResult(path, "done", outputs=dict(written.paths), audio_seconds=round(written.seconds, 3),
                    compute_seconds=took, scale=written.scale)
 
 
@@ -443,16 +379,29 @@ def _wanted(args: argparse.Namespace, sources: List[str]) -> List[str]:
     return list(sources)
 
 
+def _only_recorded_in_the_way(manifest: Manifest, item: _Input, targets: Dict[str, Path]) -> bool:
+    """True when every stem file already there is one the manifest says this batch wrote."""
+    recorded = {p.absolute() for p in manifest.recorded_outputs(item.path)}
+    return all(target.absolute() in recorded for target in targets.values() if target.exists())
+
+
+def _all_inputs(args: argparse.Namespace) -> List[str]:
+    """The inputs named on the command line, then those listed in --inputs-from."""
+    named = list(args.inputs)
+    if args.inputs_from is not None:
+        named += read_inputs_from(args.inputs_from)
+    if not named:
+        raise UsageError("no inputs: name audio files or folders, or list them with --inputs-from FILE")
+    return named
+
+
 def run(args: argparse.Namespace) -> int:
-    import threading
-
-    from ..separator import Separator
-
     args.format = _template_format(args)
     problem = _usage_problem(args)
     if problem is not None:
         raise UsageError(problem)
-    if args.clip == "none" and (args.format != "wav" or args.bit_depth in (16, 24)):
+    share = current_share(args.shard)
+    if args.clip == "none" and (args.format != "wav" or args.bit_depth in (16, 24)) and share.first:
         kind = f"{args.bit_depth}-bit {args.format}" if args.bit_depth else args.format
         log.warning("--clip none keeps exact floats in 32-bit float wav only: %s stems clip at full scale", kind)
     out = Path(args.out)
@@ -463,27 +412,44 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {out}: {too_long}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: is a file, not a folder")
-    files, problems = _collect_inputs(args.inputs, out)
+    files, problems = _collect_inputs(_all_inputs(args), out)
     # Every source a bundle can have, until the bundle says which it has (never more).
     wanted = _wanted(args, list(SOURCES))
-    _refuse_collisions(args, files, wanted)
+    _refuse_collisions(args, files, wanted)  # over the whole batch, the same in every process
     _refuse_escapes(args, files, wanted)
+    manifest = Manifest(args.manifest) if args.manifest is not None else None
+    files = share.take(files, key=lambda item: str(item.path.resolve()))
     _clear_killed_runs(args, files, wanted)
-    report = _Report(args)
-    for path, message in problems:
-        report(_Result(path, "failed", error=message))
-    if args.skip_existing:  # tracks with every stem there need no model at all
-        for item in list(files):
-            targets = _stem_paths(args, item, wanted)
-            if all(target.exists() for target in targets.values()):
-                report(_Result(item.path, "skipped", outputs=targets))
-                files.remove(item)
-    if not files:
-        return report.finish()
+    report = Report(args, share, manifest)
+    if share.first:  # inputs that are no audio are said once, by the first process
+        for path, message in problems:
+            report(TrackResult(path, "failed", error=message))
+    for item in list(files):  # tracks that need no model at all
+        targets = _stem_paths(args, item, wanted)
+        if manifest is not None and not args.force and manifest.is_done(item.path, targets):
+            report(TrackResult(item.path, "skipped", outputs=targets, recorded=True))
+            files.remove(item)
+        elif args.skip_existing and all(target.exists() for target in targets.values()):
+            report(TrackResult(item.path, "skipped", outputs=targets))
+            files.remove(item)
+    device = device_for(share, args.device)
+    if files:
+        _separate_all(args, files, report, device, manifest)
+    # Every process meets here, whatever became of its share, for one summary of the batch.
+    gathered = gather_at_first(share, report.outcomes(), device)
+    return report.finish(gathered if share.torchrun and share.first else None)
+
+
+def _separate_all(args: argparse.Namespace, files: List[_Input], report: Report, device: str,
+                  manifest: Optional[Manifest]) -> None:
+    """Separate `files`, -j at a time, each outcome to `report` as it comes."""
+    import threading
+
+    from ..separator import Separator
 
     started = time.monotonic()
     separator = report.separator = Separator(
-        args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=args.device,
+        args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
         pipeline=args.pipeline,
     )
@@ -491,17 +457,19 @@ def run(args: argparse.Namespace) -> int:
               separator.options.precision, time.monotonic() - started)
     wanted = _wanted(args, separator.sources)
     cancel = threading.Event()
+    # Bars of one process only: several processes drawing on one terminal garble it.
+    quiet = args.quiet or not report.share.first
 
-    def one(item: _Input, position: int) -> _Result:
+    def one(item: _Input, position: int) -> TrackResult:
         try:
-            return _separate_one(args, separator, item, wanted, position, cancel)
+            return _separate_one(args, separator, item, wanted, position, cancel, manifest, quiet)
         except DannaSepError as exc:  # this input failed; the others go on
-            return _Result(item.path, "failed", error=str(exc))
+            return TrackResult(item.path, "failed", error=str(exc))
 
     if args.jobs == 1:
         for item in files:
             report(one(item, 0))
-        return report.finish()
+        return
 
     # Several tracks at once, in threads sharing the models (torch releases the GIL);
     # the cores are split between them so that they do not oversubscribe the CPU.
@@ -524,4 +492,3 @@ def run(args: argparse.Namespace) -> int:
                 future.cancel()
             pool.shutdown(wait=True)
             raise
-    return report.finish()
