@@ -58,6 +58,12 @@ def _handler(server: Server):
         def do_GET(self):
             name = self.path.lstrip("/")
             server.requests.append((self.path, self.headers.get("Range"), self.headers.get("If-Range")))
+            if name.startswith("moved/"):  # as zenodo's and Drive's links answer
+                self.send_response(302)
+                self.send_header("Location", f"{server.url}/{name[len('moved/'):]}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             served = server.files.get(name)
             if served is None:
                 page = b"<!DOCTYPE html><html><head><title>404 Not Found</title></head></html>"
@@ -178,6 +184,13 @@ def test_a_file_changed_on_the_server_between_runs_is_fetched_afresh_not_spliced
     got = fetch(remote, tmp_path, retries=0)
     assert got.path.read_bytes() == server.files[remote.name].data
     assert server.requests == [("/" + remote.name, "bytes=50000-", '"v1"')]  # answered 200: the whole new file
+
+
+def test_redirects_are_followed_with_the_range(server, tmp_path):
+    remote = _hashed(server, 120_000, cuts=[70_000])
+    moved = RemoteFile(remote.name, f"{server.url}/moved/{remote.name}", 0, sha256_prefix=remote.sha256_prefix)
+    assert fetch(moved, tmp_path, retries=0).path.read_bytes() == server.files[remote.name].data
+    assert [r for _, r, _ in server.requests] == [None, None, "bytes=70000-", "bytes=70000-"]
 
 
 def test_a_server_that_ignores_range_is_read_from_the_start(server, tmp_path):

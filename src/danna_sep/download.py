@@ -342,7 +342,9 @@ class _Transfer:
         if self.total is not None and have > self.total:  # more than the file: nothing in it can be trusted
             self.restart()
             have = 0
-        headers = {"User-Agent": "danna-sep", "Accept-Encoding": "identity"}
+        from . import __version__
+
+        headers = {"User-Agent": f"danna-sep/{__version__}", "Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
             meta = self._read_meta()

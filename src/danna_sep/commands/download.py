@@ -12,6 +12,7 @@ import argparse
 import logging
 import shlex
 import sys
+import textwrap
 from typing import Any, Dict, Optional
 
 from .options import add_verbosity_arguments, ranged
@@ -24,10 +25,14 @@ def _families_epilog() -> str:
 
     lines = ["families:"]
     for family in FAMILIES.values():
-        lines.append(f"  {family.name:15} {family.summary}; {len(family.files)} files, about "
-                     f"{family.approx_bytes / 1e6:.0f} MB, into {default_folder(family)}")
-    lines.append("Danna-Sep's files go into $DANNA_CHECKPOINTS (else ~/danna-sep-checkpoints), "
-                 "Open-Unmix's into torch hub's checkpoints folder ($TORCH_HOME/hub/checkpoints).")
+        text = (f"{family.summary}; {len(family.files)} files, about {family.approx_bytes / 1e6:.0f} MB, "
+                f"into {default_folder(family)}")
+        lines += textwrap.wrap(text, 78, initial_indent=f"  {family.name:16}", subsequent_indent=" " * 18,
+                               break_on_hyphens=False)
+    lines += textwrap.wrap("Danna-Sep's files go into $DANNA_CHECKPOINTS (else ~/danna-sep-checkpoints), as the "
+                           "original tool's do; Open-Unmix's into torch hub's checkpoints folder "
+                           "($TORCH_HOME/hub/checkpoints), where openunmix and torch.hub look for them.", 78,
+                           break_on_hyphens=False)
     return "\n".join(lines)
 
 
@@ -36,10 +41,11 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser(
         "download", help="fetch the published weights of Danna-Sep or Open-Unmix",
-        description="Fetch a model family's published files: resumed where a run stopped, checked (the "
-                    "sha256 in Open-Unmix's names; Danna-Sep's by loading them strictly, their sha256 "
-                    "then recorded beside them), and renamed into place only when complete. Files "
-                    "already there are checked instead.",
+        description=textwrap.fill(
+            "Fetch a model family's published files: resumed where a run stopped, checked (the sha256 in "
+            "Open-Unmix's names; Danna-Sep's by loading them strictly, their sha256 then recorded beside "
+            "them), and renamed into place only when complete. Files already there are checked instead. "
+            "The http_proxy / https_proxy variables apply.", 78),
         epilog=_families_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("family", choices=list(FAMILIES), metavar="FAMILY",
                    help="danna-sep, danna-sep-fast, umxhq or umxl")
@@ -52,7 +58,7 @@ def register(subparsers) -> None:
                         "instead of the TorchScript xumx_mwf.pth")
     p.add_argument("--force", action="store_true", help="fetch files again even when they are there")
     p.add_argument("--retries", type=ranged(int, 0), default=3, metavar="N",
-                   help="tries in a row without progress before giving up on a file (default: 3)")
+                   help="give up on a file after N more tries in a row that get no further (default: 3)")
     p.add_argument("--timeout", type=ranged(float, 1.0), default=30.0, metavar="SECONDS",
                    help="how long to wait for the server each time (default: 30)")
     add_verbosity_arguments(p, quiet="no progress bars")
