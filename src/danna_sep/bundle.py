@@ -265,7 +265,12 @@ def _infer_original_kwargs(name: str, state: Mapping[str, torch.Tensor], scripte
 
         biases = [getattr(m, "padding_bias") for _, m in scripted.named_modules() if hasattr(m, "padding_bias")]
         original = not biases or float(biases[0]) == ORIGINAL_PADDING_BIAS
-        return {"max_bins": int(getattr(scripted, "max_bins", 1487)), "k": k, "original_padding_bias": original}
+        # The attention's widths: narrower than the paper's in the default bundle.
+        heads = [getattr(m, "n_heads") for _, m in scripted.named_modules() if hasattr(m, "n_heads")]
+        return {"max_bins": int(getattr(scripted, "max_bins", 1487)), "k": k, "original_padding_bias": original,
+                "attn_channels": state["attn.0.out_conv.weight"].shape[0],
+                "attn_d_model": state["attn.0.out_conv.weight"].shape[1],
+                "attn_heads": int(heads[0]) if heads else 8}
     if name == "demucs_split":
         depth = len({k.split(".")[1] for k in state if k.startswith("encoder.")})
         return {
