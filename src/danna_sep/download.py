@@ -612,6 +612,7 @@ def download(family: str, folder: os.PathLike | str | None = None, *, xumx_onnx:
     target = Path(os.path.expanduser(str(folder))) if folder is not None else default_folder(chosen)
     if target.exists() and not target.is_dir():
         raise DownloadError(f"{target}: not a folder")
+    made = [folder for folder in [target, *target.parents] if not folder.exists()]
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -619,9 +620,15 @@ def download(family: str, folder: os.PathLike | str | None = None, *, xumx_onnx:
     if not os.access(target, os.W_OK | os.X_OK):
         raise DownloadError(f"{target}: cannot write into this folder")
     fetched: List[Fetched] = []
-    with _folder_lock(target):
-        record = _Record(target) if any(f.sha256_prefix is None for f in remotes) else None
-        for remote in remotes:
-            fetched.append(fetch(remote, target, mirror=mirror, force=force, retries=retries,
-                                 retry_wait=retry_wait, timeout=timeout, progress=progress, record=record))
+    try:
+        with _folder_lock(target):
+            record = _Record(target) if any(f.sha256_prefix is None for f in remotes) else None
+            for remote in remotes:
+                fetched.append(fetch(remote, target, mirror=mirror, force=force, retries=retries,
+                                     retry_wait=retry_wait, timeout=timeout, progress=progress, record=record))
+    except BaseException:
+        for folder in made:  # folders this call made and left empty (a kept .part stays, with its folder)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return fetched
