@@ -48,8 +48,9 @@ MUTATIONS: Tuple[Mutation, ...] = (
     ),
     Mutation(
         "spool-whole-file", "load_spooled decodes the whole file into memory before spooling it",
-        "src/danna_sep/audio.py",
-        (("            for block in reader:\n", "            for block in [np.concatenate(list(reader), axis=1)]:\n"),),
+        "src/danna_sep/audio/load.py",
+        (("            for block in reader:\n",
+          "            for block in [torch.cat([torch.from_numpy(b) for b in reader], dim=1).numpy()]:\n"),),
         ("tests/test_audio.py::test_load_spooled_memory_does_not_grow_with_the_track",),
     ),
     Mutation(
@@ -89,15 +90,15 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "interrupt-misses-encoding", "Ctrl-C with -j 2 during encoding still commits the track (cancel checked in pass 1 only)",
         "src/danna_sep/separator.py",
-        (("                if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too\n"
-          "                    report(\"encoding\", seconds * (index + writer.frames_written / out_length) / len(final), "
+        (("                    if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too\n"
+          "                        report(\"encoding\", seconds * (index + writer.frames_written / out_length) / len(final), "
           "seconds)\n", ""),),
         ("tests/test_cli_bad_input.py::test_sigint_while_encoding_leaves_nothing_and_a_rerun_completes",),
     ),
     Mutation(
         "killed-temporaries-stay", "temporaries of a run killed while encoding are never removed, not even by a rerun",
-        "src/danna_sep/audio.py",
-        (("        if found[\"host\"] == _host_tag() and pid != os.getpid() and _process_is_gone(pid):\n",
+        "src/danna_sep/atomic.py",
+        (("        if found[\"host\"] == host_tag() and pid != os.getpid() and _process_is_gone(pid):\n",
           "        if False:\n"),),
         ("tests/test_cli_bad_input.py::test_sigkill_then_a_rerun_writes_the_track_whole",),
     ),

@@ -23,7 +23,8 @@ import pytest
 import soundfile as sf
 
 from danna_sep import bundle as bundles
-from danna_sep.audio import AudioWriter, _temporary_name, is_temporary_name, wav_container, WAV_LIMIT
+from danna_sep.atomic import is_temporary_name, temporary_name
+from danna_sep.audio import AudioWriter, wav_container, WAV_LIMIT
 from danna_sep.cli import main
 from danna_sep.errors import DiskFullError
 from danna_sep.spool import Spool
@@ -250,16 +251,16 @@ def test_3_8_a_run_after_a_sigkill_removes_its_temporaries_and_folder_and_says_s
 def test_3_only_this_machines_temporaries_of_gone_processes_are_removed(tmp_path):
     """Another machine or container writing into the same folder (a share, a volume) has pids
     this one cannot see: its temporaries are left alone, as are those of a process still running."""
-    from danna_sep.audio import _host_tag, remove_stale_temporaries
+    from danna_sep.atomic import host_tag, remove_stale_temporaries
 
     gone = subprocess.Popen(["true"])
     gone.wait()
-    other = "0000" if _host_tag() != "0000" else "ffff"
+    other = "0000" if host_tag() != "0000" else "ffff"
     names = {
-        f".a.wav.tmp-{gone.pid}-{_host_tag()}beef.wav": False,  # ours, its writer gone: removed
+        f".a.wav.tmp-{gone.pid}-{host_tag()}beef.wav": False,  # ours, its writer gone: removed
         f".b.wav.tmp-{gone.pid}-{other}beef.wav": True,  # another machine's: kept
-        f".c.wav.tmp-{os.getpid()}-{_host_tag()}beef.wav": True,  # this very process: kept
-        f".d.wav.tmp-{os.getppid()}-{_host_tag()}beef.wav": True,  # a process still running: kept
+        f".c.wav.tmp-{os.getpid()}-{host_tag()}beef.wav": True,  # this very process: kept
+        f".d.wav.tmp-{os.getppid()}-{host_tag()}beef.wav": True,  # a process still running: kept
         ".e.wav": True,  # not one of ours
     }
     for name in names:
@@ -342,10 +343,10 @@ def test_5_one_basename_from_two_folders_is_refused_with_or_without_force(tmp_pa
 
 def test_6_a_temporary_name_fits_where_the_target_fits():
     for name in ("n" * 255, "é" * 127 + ".wav", "x.wav"):
-        temporary = _temporary_name(name, "wav", 255)
+        temporary = temporary_name(name, "wav", 255)
         assert len(os.fsencode(temporary)) <= 255 and is_temporary_name(temporary), temporary
         temporary.encode("utf-8")  # a prefix cut inside a character would not encode
-    assert _temporary_name("x.wav", "wav", 255).startswith(".x.wav.tmp-")
+    assert temporary_name("x.wav", "wav", 255).startswith(".x.wav.tmp-")
 
 
 @pytest.mark.parametrize("name,code", [("name-244", 0), ("name-256", 1)])

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Literal, Mapping, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from . import SAMPLERATE, catalog
@@ -168,19 +166,11 @@ class Separator:
         length = track.shape[-1]
         if length == 0:
             raise ValueError("no samples to separate")
-        if samplerate != SAMPLERATE:
-            from .audio import resample
+        from .audio import resample
 
-            track = resample(track, samplerate, SAMPLERATE)
-        out = torch.cat([block for _, block in self.stream(track.contiguous())], dim=-1)
-        stems = {}
-        for index, name in enumerate(self.sources):
-            stem = out[index]
-            if samplerate != SAMPLERATE:
-                stem = resample(stem, SAMPLERATE, samplerate)
-                stem = torch.nn.functional.pad(stem, [0, max(0, length - stem.shape[-1])])[..., :length]
-            stems[name] = stem
-        return stems
+        out = torch.cat([block for _, block in self.stream(resample(track, samplerate, SAMPLERATE).contiguous())],
+                        dim=-1)
+        return {name: resample(out[index], SAMPLERATE, samplerate, length) for index, name in enumerate(self.sources)}
 
     def write_stems(
         self,
@@ -216,14 +206,8 @@ class Separator:
         """Read any audio file and separate it; stems at the file's own sample rate."""
         from .audio import load
 
-        wav, rate = load(path)
-        stems = self.separate_tensor(wav, SAMPLERATE)
-        if rate != SAMPLERATE:
-            from .audio import resample
-
-            length = round(wav.shape[-1] * rate / SAMPLERATE)
-            stems = {k: resample(v, SAMPLERATE, rate)[..., :length] for k, v in stems.items()}
-        return stems
+        wav, rate = load(path, samplerate=None)
+        return self.separate_tensor(wav, rate)
 
 
 ClipMode = Literal["rescale", "clamp", "none"]
@@ -293,6 +277,11 @@ def _stem_block(block: torch.Tensor, sources: list, name: str) -> torch.Tensor:
     return block[kept].sum(dim=0)
 
 
+def _clipped(stem: torch.Tensor, clip: ClipMode) -> torch.Tensor:
+    """`(channels, n)` clamped to full scale where `clip` is "clamp"."""
+    return stem.clamp(-1.0, 1.0) if clip == "clamp" else stem
+
+
 def _write_stems(
     separator: "Separator",
     path: Union[str, os.PathLike],
@@ -303,11 +292,9 @@ def _write_stems(
 ) -> StemsWritten:
     import time
 
-    import soxr
-
     from . import space
-    from .audio import (AudioError, AudioWriter, check_readable, declared_length, default_bit_depth, encoded_bytes,
-                        load_spooled, long_name, output_format, remove_empty_folders, source_bit_depth)
+    from .audio import (AudioError, AudioWriters, check_readable, declared_length, default_bit_depth, encoded_bytes,
+                        load_spooled, long_name, output_format, source_bit_depth)
     from .spool import Spool
 
     sources = separator.sources
@@ -342,9 +329,6 @@ def _write_stems(
     out_rate = output.samplerate or rate
     out_length = length if out_rate == rate else round(length * out_rate / rate)
     spools: Dict[str, Spool] = {}
-    writers: Dict[str, AudioWriter] = {}
-    committed = []
-    made: List[Path] = []  # folders that pass 2 may create: removed again if the track fails
     try:
         for name in final:
             spools[name] = Spool(2, dtype=dtype)
@@ -365,47 +349,21 @@ def _write_stems(
         track.close()
         scale = 1.0 / peak if output.clip == "rescale" and peak > 1.0 else 1.0
         separated = time.monotonic()
-        # Pass 2: scale, resample to the output rate, trim to the input's length, encode.
+        # Pass 2: scale, then the writers resample to the output rate, land on the input's
+        # length and encode; the stems appear together, or none.
         if report is not None:
             report("encoding", 0.0, seconds)
-        made.extend(folder for target in final.values() for folder in [target.parent, *target.parent.parents]
-                    if not folder.exists())
-        for index, (name, target) in enumerate(final.items()):
-            writers[name] = writer = AudioWriter(
-                target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
-                mp3_bitrate=output.mp3_bitrate, force=output.force, frames=out_length,
-            )
-            resampler = None
-            if out_rate != SAMPLERATE:
-                resampler = soxr.ResampleStream(SAMPLERATE, out_rate, 2, dtype="float32", quality="HQ")
-            for stem in itertools.chain(spools[name].blocks(), [None]):
-                last = stem is None  # the None at the end flushes the resampler
-                stem = torch.zeros(2, 0) if stem is None else stem
-                if scale != 1.0:
-                    stem = stem * scale
-                if output.clip == "clamp":
-                    stem = stem.clamp(-1.0, 1.0)
-                if resampler is not None:
-                    frames = resampler.resample_chunk(np.ascontiguousarray(stem.numpy().T), last=last)
-                    stem = torch.from_numpy(np.ascontiguousarray(frames.T))
-                room = out_length - writer.frames_written
-                stem = stem[:, :room]
-                if last and stem.shape[-1] < room:
-                    stem = torch.nn.functional.pad(stem, [0, room - stem.shape[-1]])
-                if stem.shape[-1]:
-                    writer.write(stem)
-                if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
-                    report("encoding", seconds * (index + writer.frames_written / out_length) / len(final), seconds)
-            spools[name].close()
-        for name, writer in writers.items():
-            committed.append(writer.commit())
-    except BaseException:
-        for writer in writers.values():
-            writer.abort()
-        for done in committed:  # a track is written whole or not at all
-            done.unlink(missing_ok=True)
-        remove_empty_folders(made)
-        raise
+        with AudioWriters() as files:
+            for index, (name, target) in enumerate(final.items()):
+                writer = files.open(target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
+                                    mp3_bitrate=output.mp3_bitrate, force=output.force, source_rate=SAMPLERATE,
+                                    length=out_length)
+                for stem in spools[name].blocks():
+                    writer.write(_clipped(stem * scale if scale != 1.0 else stem, output.clip))
+                    if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
+                        report("encoding", seconds * (index + writer.frames_written / out_length) / len(final), seconds)
+                spools[name].close()
+            files.commit()
     finally:
         track.close()
         for spool in spools.values():
