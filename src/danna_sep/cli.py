@@ -20,7 +20,7 @@ log = logging.getLogger("danna_sep")
 
 # Subcommands that live in their own modules under danna_sep.commands; each module has
 # `register(subparsers)` and imports its heavy dependencies only inside its handler.
-EXTRA_COMMANDS = ("models", "separate", "corpus", "train", "export", "evaluate", "download")
+EXTRA_COMMANDS = ("models", "separate", "corpus", "train", "export", "evaluate", "download", "app")
 
 
 def build_parser() -> argparse.ArgumentParser:
