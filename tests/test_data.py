@@ -15,6 +15,7 @@ from danna_sep.data import (
     DataError,
     FixedChunks,
     PitchSpeed,
+    RandomEQ,
     RandomGain,
     RemixBatch,
     RemixSegments,
@@ -321,7 +322,7 @@ def _batch(seed=0, batch=3, samples=2048):
     return torch.randn(batch, 4, 2, samples, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("module", [RandomGain(), ChannelSwap(), SignFlip(), RemixBatch(),
+@pytest.mark.parametrize("module", [RandomGain(), ChannelSwap(), SignFlip(), RemixBatch(), RandomEQ(p=1.0),
                                     PitchSpeed(p_pitch=1.0, p_speed=1.0, max_semitones=1.0)])
 def test_augmentations_keep_shape_input_and_are_seeded(module):
     x = _batch()
@@ -334,6 +335,35 @@ def test_augmentations_keep_shape_input_and_are_seeded(module):
     module.eval()
     assert torch.equal(module(x), x)
     module.train()
+
+
+def test_random_eq_is_the_drawn_zero_phase_gain_per_source_and_channel_pair():
+    """A sine through RandomEQ comes out at its frequency's drawn gain, in phase, both channels
+    alike; p=0 leaves the batch alone. The reference gain is evaluated here from the drawn
+    parameters, apart from the module's spectrum code."""
+    rate, samples = 44100, 8192
+    module = RandomEQ(p=1.0, tilt_db=3.0, band_db=9.0, bands=2, samplerate=rate)
+    shape, bins = (2, 4), samples // 2 + 1
+    gains = module.gains_db(shape, bins, torch.Generator().manual_seed(5), torch.device("cpu"))
+    assert gains.shape == (*shape, bins) and gains.abs().max() <= 3.0 * 5.6 + 2 * 9.0
+    assert gains.std(dim=-1).min() > 0.1  # every source gets a curve, not a flat gain
+    k = 300  # a sine on an exact bin: its amplitude is scaled by that bin's gain, its phase kept
+    t = torch.arange(samples, dtype=torch.float64)
+    sine = torch.sin(2 * math.pi * k * t / samples).float()
+    x = sine.expand(2, 4, 2, samples).clone()
+    out = module(x, generator=torch.Generator().manual_seed(5))
+    # the module draws the same curves first, then the coin flips (all heads at p=1)
+    expected = 10 ** (gains[..., k] / 20)
+    assert torch.allclose(out, expected[:, :, None, None].float() * sine, atol=1e-4)
+    assert torch.equal(RandomEQ(p=0.0)(x, generator=torch.Generator().manual_seed(5)), x)
+    # the curve rises with the tilt: a flat-band EQ with +tilt lifts 8 kHz over 100 Hz by the slope
+    tilt_only = RandomEQ(p=1.0, tilt_db=3.0, band_db=0.0, bands=0, samplerate=rate)
+    g = tilt_only.gains_db((64,), bins, torch.Generator().manual_seed(0), torch.device("cpu"))
+    f = torch.linspace(0, rate / 2, bins, dtype=torch.float64)
+    low, high = int(torch.argmin((f - 100).abs())), int(torch.argmin((f - 8000).abs()))
+    slope = (g[:, high] - g[:, low]) / math.log2(f[high] / f[low])
+    assert torch.allclose(slope, g[:, high] / math.log2(f[high] / 1000), atol=1e-9)
+    assert slope.abs().max() <= 3.0 and slope.std() > 0.5
 
 
 def test_random_gain_is_per_source_within_range():

@@ -6,7 +6,7 @@
 - `RemixSegments` (training, random remixed segments) and `FixedChunks` (validation):
   datasets of sources `(sources, channels, samples)`; the mixture is their sum.
 - Augmentations on batches `(batch, sources, channels, samples)`: `RandomGain`,
-  `ChannelSwap`, `SignFlip`, `PitchSpeed`, `RemixBatch`, `build_augment(names)`.
+  `ChannelSwap`, `SignFlip`, `RandomEQ`, `PitchSpeed`, `RemixBatch`, `build_augment(names)`.
 """
 
 from .augment import (
@@ -16,6 +16,7 @@ from .augment import (
     PitchSpeed,
     RandomGain,
     RemixBatch,
+    RandomEQ,
     SignFlip,
     build_augment,
     change_speed,
@@ -29,6 +30,6 @@ from .tracks import MUSDB_VALIDATION, STEM_MP4_STREAMS, DataError, Track, Valida
 __all__ = [
     "AUGMENTATIONS", "AugmentSequence", "ChannelSwap", "DataError", "FixedChunks",
     "MUSDB_VALIDATION", "PitchSpeed", "RandomGain", "RemixBatch", "RemixSegments",
-    "STEM_MP4_STREAMS", "SignFlip", "Track", "ValidationSplit", "build_augment", "change_speed", "find_tracks",
+    "STEM_MP4_STREAMS", "RandomEQ", "SignFlip", "Track", "ValidationSplit", "build_augment", "change_speed", "find_tracks",
     "pitch_shift", "resample_fft", "time_stretch", "validation_split",
 ]

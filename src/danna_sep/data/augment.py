@@ -11,6 +11,9 @@ identity in eval mode (`module.eval()`), so one pipeline serves training and val
 - `ChannelSwap`: each source of each item has its left and right swapped with probability p.
 - `SignFlip`: each source of each item multiplied by -1 with probability p.
 - `RemixBatch` (Demucs v1): each source shuffled across the batch on its own.
+- `RandomEQ`: each source of each item (both channels alike) through a random smooth
+  zero-phase equaliser: a spectral tilt and a few broad peaks and dips, so that a
+  generated instrument's timbre stops being one soundfont's.
 - `PitchSpeed`: per item (all its sources alike, so they stay aligned), a speed change
   (pitch and tempo together) and/or a pitch shift (tempo kept); see `change_speed` and
   `pitch_shift` for the method.
@@ -26,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "RandomGain", "ChannelSwap", "SignFlip", "PitchSpeed", "RemixBatch", "AugmentSequence",
+    "RandomGain", "ChannelSwap", "SignFlip", "RandomEQ", "PitchSpeed", "RemixBatch", "AugmentSequence",
     "AUGMENTATIONS", "build_augment", "change_speed", "pitch_shift", "resample_fft", "time_stretch",
 ]
 
@@ -127,6 +130,52 @@ class RemixBatch(_Augmentation):
             order = torch.randperm(batch, generator=generator, device=where).to(x.device)
             parts.append(x[order, source])
         return torch.stack(parts, dim=1)
+
+
+class RandomEQ(_Augmentation):
+    """A random equaliser per source of each item, applied with probability p: gain in dB
+    over log frequency = a tilt of up to +-`tilt_db` per octave (about 1 kHz) plus `bands`
+    raised-cosine bumps of up to +-`band_db`, each 0.5 to 2 octaves wide, centred between 60 Hz
+    and 12 kHz (at 44.1 kHz). Zero phase (a real gain on the segment's spectrum), so the
+    sources stay aligned; the sum of the equalised sources is the new mixture, as for every
+    augmentation here."""
+
+    def __init__(self, p: float = 0.5, tilt_db: float = 1.5, band_db: float = 6.0, bands: int = 3,
+                 samplerate: int = 44100):
+        super().__init__()
+        self.p = _check_probability("p", p)
+        if tilt_db < 0 or band_db < 0 or bands < 0 or samplerate <= 0:
+            raise ValueError(f"need tilt_db, band_db, bands >= 0 and samplerate > 0, got {tilt_db}, {band_db}, "
+                             f"{bands}, {samplerate}")
+        self.tilt_db, self.band_db, self.bands, self.samplerate = float(tilt_db), float(band_db), int(bands), samplerate
+
+    def gains_db(self, shape: Tuple[int, ...], bins: int, generator: Optional[torch.Generator],
+                 device: torch.device) -> torch.Tensor:
+        """`shape + (bins,)` gains in dB on the rfft bins of a segment of 2 * (bins - 1) samples."""
+        frequency = torch.linspace(0, self.samplerate / 2, bins, device=device, dtype=torch.float64)
+        octaves = torch.log2(frequency.clamp(min=20.0) / 1000.0)  # below 20 Hz held at 20 Hz's gain
+        tilt = _uniform(shape, -self.tilt_db, self.tilt_db, generator, device).double()
+        gains = tilt[..., None] * octaves.clamp(-5.6, 4.5)  # the tilt stops at 20 Hz and 22 kHz
+        for _ in range(self.bands):
+            centre = _uniform(shape, math.log2(60 / 1000), math.log2(12000 / 1000), generator, device).double()
+            width = _uniform(shape, 0.5, 2.0, generator, device).double()
+            height = _uniform(shape, -self.band_db, self.band_db, generator, device).double()
+            distance = ((octaves - centre[..., None]) / width[..., None]).clamp(-1.0, 1.0)
+            gains = gains + height[..., None] * 0.5 * (1 + torch.cos(math.pi * distance))
+        return gains
+
+    def augment(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        samples = x.shape[-1]
+        gains = self.gains_db(x.shape[:2], samples // 2 + 1, generator, x.device)
+        apply = _chance(x.shape[:2], self.p, generator, x.device)
+        if not bool(apply.any()):
+            return x
+        spectrum = torch.fft.rfft(x.double(), dim=-1)
+        shaped = torch.fft.irfft(spectrum * (10.0 ** (gains / 20.0))[:, :, None, :], n=samples, dim=-1)
+        return torch.where(apply[:, :, None, None], shaped.to(x.dtype), x)  # the others untouched, bit for bit
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, tilt_db={self.tilt_db}, band_db={self.band_db}, bands={self.bands}"
 
 
 # --------------------------------------------------------------------------- speed and pitch
@@ -334,6 +383,7 @@ AUGMENTATIONS: Dict[str, Type[nn.Module]] = {
     "gain": RandomGain,
     "channel_swap": ChannelSwap,
     "sign_flip": SignFlip,
+    "eq": RandomEQ,
     "pitch_speed": PitchSpeed,
     "remix": RemixBatch,
 }
