@@ -70,6 +70,28 @@ def test_sdr_mdx_matches_a_direct_computation_and_known_answers():
     assert np.allclose(sdr_mdx(ref, est[..., :2000]), sdr_mdx(ref, np.concatenate([est[..., :2000], np.zeros((4, 2, 1000))], -1)))
 
 
+def test_the_mdx_sdr_is_one_function_for_numpy_and_torch_and_torch_keeps_its_gradient():
+    """danna_sep.metrics serves the metric (numpy), the blend fit and the loss (torch): the same
+    numbers from both, checked against the formula on Python floats, and a gradient that is
+    the formula's derivative."""
+    from danna_sep.metrics import mdx_sdr
+
+    rng = np.random.default_rng(3)
+    ref, est = rng.standard_normal((3, 2, 50)), rng.standard_normal((3, 2, 50))
+    by_hand = [10 * math.log10((sum(float(x) ** 2 for x in r.ravel()) + 1e-7)
+                               / (sum((float(x) - float(y)) ** 2 for x, y in zip(r.ravel(), e.ravel())) + 1e-7))
+               for r, e in zip(ref, est)]
+    as_numpy = mdx_sdr(ref, est)
+    assert isinstance(as_numpy, np.ndarray) and np.allclose(as_numpy, by_hand, rtol=0, atol=1e-9)
+    estimates = torch.from_numpy(est).requires_grad_(True)
+    as_torch = mdx_sdr(torch.from_numpy(ref), estimates)
+    assert isinstance(as_torch, torch.Tensor) and np.allclose(as_torch.detach().numpy(), by_hand, rtol=0, atol=1e-9)
+    as_torch.sum().backward()
+    error = ((ref - est) ** 2).sum(axis=(1, 2), keepdims=True) + 1e-7
+    # d/d est of -10 log10(sum (r - e)^2 + eps) is 10 / ln 10 * 2 (r - e) / (sum (r - e)^2 + eps)
+    assert np.allclose(estimates.grad.numpy(), 10 / math.log(10) * 2 * (ref - est) / error, rtol=1e-9, atol=0)
+
+
 def _musical(seed: int, sources: int, seconds: float) -> np.ndarray:
     rng = np.random.default_rng(seed)
     t = np.arange(int(seconds * SR)) / SR
@@ -241,7 +263,7 @@ def test_cli_bundle_scores_match_the_separator(root, tmp_path, capsys):
 
     # one tiny random X-UMX (the cheapest member to run) as the whole bundle
     model = randomize(models.build("xumx", **TINY["xumx"]), seed=0, scale=0.05).eval()
-    member = Member(name="xumx", model=model, blend={s: 1.0 for s in SOURCES}, kwargs=dict(TINY["xumx"]))
+    member = Member(model, {s: 1.0 for s in SOURCES})
     bundle = save_bundle(tmp_path / "tiny", [member])
     out = tmp_path / "report"
     code, err = _run(["evaluate", "--root", str(root), "--bundle", str(bundle), "-o", str(out),

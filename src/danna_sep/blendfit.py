@@ -21,7 +21,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import MDX_EPS, SAMPLERATE
+from . import SAMPLERATE
+from .metrics import sdr_from_energies
 from .progress import TaskProgressFn
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def blend_sdr(stats: Sequence[BlendStatistics], weights: np.ndarray, source: int
     for st in stats:
         gram, cross, energy = st.gram[source], st.cross[source], st.energy[source]
         error = energy - 2 * weights @ cross + np.einsum("pm,mk,pk->p", weights, gram, weights)
-        total += 10 * np.log10((energy + MDX_EPS) / (np.maximum(error, 0.0) + MDX_EPS))
+        total += sdr_from_energies(energy, np.maximum(error, 0.0))
     return total / len(stats)
 
 

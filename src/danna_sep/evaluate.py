@@ -33,7 +33,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
@@ -43,8 +42,9 @@ from typing import Callable, Dict, Iterable, List, Literal, Mapping, Optional, S
 
 import numpy as np
 
-from . import MDX_EPS, SOURCES
+from . import MDX_EPS, SAMPLERATE, SOURCES, atomic
 from .errors import DannaSepError
+from .metrics import mdx_sdr
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,7 @@ def sdr_mdx(references, estimates, eps: float = MDX_EPS) -> np.ndarray:
     ref = _as_numpy(references)
     est = _as_numpy(estimates)
     _check_shapes(ref, est)
-    est = _match_length(ref, est)
-    signal = np.sum(ref ** 2, axis=(1, 2))
-    error = np.sum((ref - est) ** 2, axis=(1, 2))
-    return 10.0 * np.log10((signal + eps) / (error + eps))
+    return mdx_sdr(ref, _match_length(ref, est), eps)
 
 
 _MUSEVAL_METRICS = None
@@ -135,7 +132,7 @@ def museval_metrics():
     return module
 
 
-def museval_scores(references, estimates, samplerate: int = 44100, window: float = 1.0,
+def museval_scores(references, estimates, samplerate: int = SAMPLERATE, window: float = 1.0,
                    hop: float = 1.0) -> Dict[str, np.ndarray]:
     """BSSEval v4 framewise scores, as `museval.evaluate` computes them for SiSEC/MUSDB18.
 
@@ -179,7 +176,7 @@ def _nanmedian(values: np.ndarray, axis: int = -1) -> np.ndarray:
         return np.nanmedian(values, axis=axis)
 
 
-def score_track(references, estimates, metric: Metric = "sdr", samplerate: int = 44100,
+def score_track(references, estimates, metric: Metric = "sdr", samplerate: int = SAMPLERATE,
                 sources: Sequence[str] = SOURCES) -> Dict[str, Dict[str, float]]:
     """One track's scores, `{source: {"SDR": x, ...}}`; museval's frame scores reduced by
     the NaN-aware median. Picklable, so that it runs in worker processes."""
@@ -367,10 +364,10 @@ class Report:
         folder.mkdir(parents=True, exist_ok=True)
         paths = self.output_paths(folder)
         text = json.dumps(self.to_json(), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-        _atomic_write(paths[0], lambda temp: temp.write_text(text, encoding="utf-8"))
-        _atomic_write(paths[1], lambda temp: temp.write_text(self.to_markdown(), encoding="utf-8"))
+        atomic.write_text(paths[0], text)
+        atomic.write_text(paths[1], self.to_markdown())
         for source, path in zip(self.sources, paths[2:]):
-            _atomic_write(path, lambda temp, source=source: self._plot(source, temp))
+            atomic.write_with(path, lambda temp, source=source: self._plot(source, temp))
         return paths
 
     def _plot(self, source: str, path: Path) -> None:
@@ -405,16 +402,6 @@ def check_outputs(folder: Union[str, os.PathLike], sources: Sequence[str] = SOUR
     for path in Report("sdr", sources=sources).output_paths(folder):
         if path.exists():
             raise EvaluationError(f"{path}: already exists (use --force to overwrite)")
-
-
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- running

@@ -106,15 +106,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         # every rank takes part in the gather, failed or not, so that none waits forever
         gathered = [None] * world if rank == 0 else None
-        dist.gather_object((report.tracks, failure), gathered, dst=0)
+        dist.gather_object((report, failure), gathered, dst=0)
         leave_process_group()
         if rank != 0:
             return 1 if failure else 0
         failures = [f for _, f in gathered if f]
         failure = failures[0] if failures else None
-        for tracks_scores, _ in gathered:
-            report.tracks.update(tracks_scores)
-        report.tracks = dict(sorted(report.tracks.items()))
+        for share_report, _ in gathered:
+            report = report.merge(share_report)
     if failure:
         raise EvaluationError(failure)
 
