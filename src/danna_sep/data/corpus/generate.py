@@ -2,9 +2,9 @@
 
     OUT/{train,test}/NAME/{mixture,drums,bass,other,vocals}.wav + meta.json
 
-A track is rendered into a hidden `.NAME.partial-*` folder next to its final place and
-renamed when complete, so a killed run leaves no half-written track; the next run removes
-such leftovers, skips complete tracks whose meta.json matches the request and renders the
+A track is rendered into a hidden temporary folder next to its final place and renamed
+when complete (`danna_sep.atomic`), so a killed run leaves no half-written track; the next
+run removes such leftovers, skips complete tracks whose meta.json matches the request and renders the
 rest. Tracks depend only on (seed, index, seconds, soundfonts), never on which worker or
 in which order they are rendered.
 """
@@ -16,7 +16,6 @@ import logging
 import math
 import multiprocessing
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -27,8 +26,8 @@ from typing import Callable, Dict, List, Literal, Optional, Sequence, Tuple, Uni
 
 import soundfile
 
-from ... import SOURCES
-from .render import SAMPLERATE, CorpusError, _fluidsynth_module, soundfont_sha256
+from ... import SAMPLERATE, SOURCES, atomic
+from .render import CorpusError, _fluidsynth_module, soundfont_sha256
 from .track import GENERATOR_VERSION, MAX_SECONDS, RenderedTrack, render_track, resolve_soundfonts
 from .vocals import _load_pyworld, espeak_executable
 
@@ -96,32 +95,19 @@ def is_complete(folder: Path, request: Dict) -> bool:
 
 
 def write_track(folder: Path, track: RenderedTrack, request: Dict, force: bool) -> None:
-    """Write the track into a hidden sibling folder, then rename it onto `folder`."""
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    temporary = parent / f".{folder.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    temporary.mkdir()
-    try:
+    """Write the track into a hidden folder beside `folder`, renamed onto it when complete
+    (`danna_sep.atomic`: an existing track is replaced whole, with `force`)."""
+    with atomic.writing(folder, directory=True) as temporary:
         for name in FILES:
             soundfile.write(str(temporary / f"{name}.wav"), track.stems[name].T, SAMPLERATE,
                             subtype="PCM_16", format="WAV")
         meta = dict(track.meta)
         meta["name"] = folder.name
-        meta["subset"] = parent.name
+        meta["subset"] = folder.parent.name
         meta["request"] = request
         (temporary / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            if not force:
-                raise TrackExistsError(f"{folder}: already exists (use --force to overwrite)")
-            old = parent / f".{folder.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(folder, old)
-            os.replace(temporary, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temporary, folder)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        if folder.exists() and not force:
+            raise TrackExistsError(f"{folder}: already exists (use --force to overwrite)")
 
 
 def _make_track(job: _Job) -> Tuple[int, Optional[str]]:
@@ -192,6 +178,7 @@ def generate_corpus(
     report = CorpusReport()
     jobs: List[_Job] = []
     names: Dict[int, str] = {}
+    swept: set = set()
     for index in range(tracks):
         subset = subset_of(index, test_fraction)
         name = track_name(seed, index)
@@ -202,6 +189,10 @@ def generate_corpus(
                    "samples": samples, "soundfonts": hashes}
         if genre is not None:  # absent when drawn from the seed, so older requests still match
             request["genre"] = genre
+        if folder.parent not in swept:  # what killed runs left: their temporary folders
+            swept.add(folder.parent)
+            atomic.remove_stale_temporaries(folder.parent)
+        # and, by the names of versions before danna_sep.atomic, a track's own leftovers
         for leftover in sorted(folder.parent.glob(f".{name}.partial-*")) + sorted(folder.parent.glob(f".{name}.old-*")):
             log.info("removing %s left by an interrupted run", leftover)
             shutil.rmtree(leftover, ignore_errors=True)

@@ -6,7 +6,7 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 
-from .render import SAMPLERATE
+from ... import SAMPLERATE
 
 PEAK_LIMIT = 0.9  # no file of the corpus peaks above this
 _PEAK_TARGET = (0.55, 0.88)  # the loudest of mixture and stems lands here (margin for rounding)

@@ -20,7 +20,8 @@ from typing import Dict, List, Mapping, Sequence
 
 import numpy as np
 
-from .render import SAMPLERATE, DependencyError
+from ... import SAMPLERATE
+from .render import DependencyError
 
 Chain = List[Dict[str, object]]
 

@@ -10,13 +10,12 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from ... import SOURCES
+from ... import SAMPLERATE, SOURCES
 from .compose import GENRES, Part, Song, compose
 from .mix import FULL_SCALE, active_seconds, balance, loudness_db, quantise
 from .production import LIGHT_SHARE, apply_chain, draw_bus_chain, draw_part_chain, lighten, normalise
 from .render import (
     DEFAULT_SOUNDFONT,
-    SAMPLERATE,
     CorpusError,
     check_soundfont,
     renderer_for,

@@ -26,7 +26,8 @@ import soundfile
 import soxr
 
 from .compose import SungNote, VocalPlan
-from .render import SAMPLERATE, CorpusError, DependencyError
+from ... import SAMPLERATE
+from .render import CorpusError, DependencyError
 
 log = logging.getLogger(__name__)
 
