@@ -110,7 +110,9 @@ def test_workspace_tokens_are_unguessable_and_only_ours(tmp_path):
         other, _ = space.new_folder()
         assert re.fullmatch(r"[A-Za-z0-9_-]{43}", token) and token != other  # 256 random bits each
         assert folder == space.root / "jobs" / token and space.folder(token) == folder
-        for guess in ["..", "../..", token[:-1] + ("A" if token[-1] != "A" else "B"), "", None, "jobs"]:
+        planted = "B" * 43  # a folder of the right shape that the workspace did not hand out
+        (space.root / "jobs" / planted).mkdir()
+        for guess in ["..", "../..", token[:-1] + ("A" if token[-1] != "A" else "B"), "", None, "jobs", planted]:
             assert space.folder(guess) is None
         (folder / "x.wav").write_bytes(b"1234")
         space.remove(token, "not-a-token", None)
@@ -240,7 +242,8 @@ def test_a_separation_that_fails_says_so_by_name_and_leaves_no_result(space, tin
                       lambda fraction, text: seen.append(text), threading.Event())
     assert str(caught.value).startswith("half.mp3: truncated or corrupt audio (header declares 661500 samples")
     assert "--allow-truncated" not in str(caught.value)
-    assert leftovers(space) == [track.path]  # the input stays for another try; no result folder
+    # The input stays for another try (the page decides), and no result folder is left.
+    assert [p.name for p in (space.root / "jobs").iterdir()] == [track.token]
 
 
 def test_a_separation_writes_stems_pictures_and_a_zip_with_progress(space, tiny_bundle, tmp_path):
@@ -259,11 +262,67 @@ def test_a_separation_writes_stems_pictures_and_a_zip_with_progress(space, tiny_
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] < 1.0
     assert any(re.fullmatch(r"Separating: [\d.]+ of 1\.0 s of audio, about \d+ s left", t) for _, t in seen), seen
-    cancel = threading.Event()
-    cancel.set()
+    cancel, seen = threading.Event(), []
+    cancel.set()  # the app is stopping: the job stops at its first report from the separation
     with pytest.raises(jobs.Cancelled):
-        jobs.separate(separator, track, JobOptions(), space, Limits(max_seconds=60), lambda f, t: None, cancel)
-    assert {p.parent for p in leftovers(space)} == {track.path.parent, result.folder}
+        jobs.separate(separator, track, JobOptions(), space, Limits(max_seconds=60),
+                      lambda fraction, text: seen.append(text), cancel)
+    assert seen == ["Separating: starting"]
+    assert sorted((space.root / "jobs").iterdir()) == sorted([track.path.parent, result.folder])
+
+
+# --- the page's handlers (the Gradio page calls these; no Gradio needed to test them) --------
+
+@pytest.fixture
+def app(space, tiny_bundle):
+    from danna_sep.app.page import App, AppConfig
+
+    return App(AppConfig(bundle=str(tiny_bundle), device="cpu", limits=Limits(max_seconds=60)), space)
+
+
+def test_the_page_says_what_is_wrong_with_an_upload_and_keeps_nothing(app, space):
+    from danna_sep.app.page import KEEP
+
+    state, shown, box = app.receive(str(upload(space, "notes.txt", b"no music here\n" * 100)), None)
+    assert re.fullmatch(r'<div class="dm-message dm-error" role="alert">notes\.txt: not an audio file \(.+\)</div>',
+                        shown)
+    assert box is None and state["input"] is None and leftovers(space) == []
+    state, shown, box = app.separate(state, app.choices[0].key, "", list(SOURCES), "none", 0, "auto", "wav")[:3]
+    assert "Drop a song (or pick the example) first." in shown and box is KEEP
+
+
+def test_a_failed_separation_is_one_message_and_leaves_nothing(app, space):
+    data = EXAMPLE.read_bytes()
+    state, shown, _ = app.receive(str(upload(space, "half.mp3", data[: len(data) // 2])), None)
+    assert "half.mp3: 0:15.0, 44100 Hz. Choose the options and press Separate." in shown
+    state, shown, mixer, box = app.separate(state, app.choices[0].key, "", list(SOURCES), "none", 0, "auto", "wav")
+    assert re.search(r'dm-error" role="alert">half\.mp3: truncated or corrupt audio \(header declares', shown)
+    assert box is None and state["input"] is None and leftovers(space) == []
+
+
+def test_each_session_keeps_its_last_result_only(app, space, tmp_path):
+    state, _, _ = app.receive(str(upload(space, "tone.wav", wav_bytes(tmp_path, 1.0))), None)
+    reports = []
+    state, shown, first, _ = app.separate(state, app.choices[0].key, "", ["bass", "vocals"], "none", 0, "float32",
+                                          "mp3", lambda fraction, desc: reports.append(desc))
+    assert "tone.wav: 2 stems, 0:01.0 of audio separated in" in shown and first.count('class="dm-stem"') == 2
+    assert reports[:2] == ["Loading the bundle", "Separating: starting"]
+    earlier = state["result"]
+    state, _, second, _ = app.separate(state, app.choices[0].key, "", [], "drums", 0, "float32", "wav")
+    assert 'data-stem="no_drums"' in second and space.folder(earlier) is None
+    app.forget(state)  # the tab was closed
+    assert leftovers(space) == []
+
+
+def test_a_typed_bundle_folder_is_refused_unless_the_app_is_local(app, tiny_bundle):
+    from danna_sep.app.page import App, AppConfig
+
+    assert app.choice("", str(tiny_bundle)).bundle == str(tiny_bundle.resolve())
+    with pytest.raises(DannaSepError, match="no such bundle folder"):
+        app.choice("", str(tiny_bundle / "nothing"))
+    public = App(AppConfig(host="0.0.0.0"), app.workspace)
+    with pytest.raises(DannaSepError, match="only when the app listens on this machine alone"):
+        public.choice("", str(tiny_bundle))
 
 
 def test_mixer_markup_escapes_what_the_user_named(tmp_path):
@@ -271,8 +330,9 @@ def test_mixer_markup_escapes_what_the_user_named(tmp_path):
     stems = {s: tmp_path / f"{s}.wav" for s in SOURCES}
     result = jobs.Separation("t" * 43, tmp_path, name, stems, {s: tmp_path / f"{s}.png" for s in SOURCES},
                              tmp_path / "stems.zip", 5.0, 44100, "wav", 1.0)
-    markup = mixer_html(result, lambda path: f"gradio_api/file={path}")
+    markup = mixer_html(result, lambda path: f'gradio_api/file={path}"><img src=x onerror=alert(1)>')
     assert "<img src=x" not in markup and "onerror=alert(1)>" not in markup
+    assert "&quot;&gt;&lt;img src=x onerror=alert(1)&gt;" in markup
     assert markup.count('class="dm-stem"') == 4
     assert download_name(name, "vocals", "wav") == "a_b_img src_x onerror_alert(1) - vocals.wav"
     assert download_name("../../x.mp3", "stems", "zip") == "x - stems.zip"

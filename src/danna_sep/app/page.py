@@ -65,6 +65,15 @@ def message(text: str, error: bool = False) -> str:
     return f'<div class="{kind}"{role}>{html.escape(text)}</div>'
 
 
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+"""A handler's output that leaves its component as it is (gr.update() once it reaches Gradio)."""
+
+
 def _state() -> Dict[str, Any]:
     """A session's files: its input and its last result, by workspace token."""
     return {"input": None, "track": None, "result": None}
@@ -134,7 +143,7 @@ class App:
         except DannaSepError as error:
             self._drop_input(state)
             return state, message(str(error), error=True), None
-        return state, self._take(state, track), _keep()
+        return state, self._take(state, track), KEEP
 
     def example(self, state: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], str, Any]:
         state = state or _state()
@@ -172,9 +181,8 @@ class App:
                  ) -> Tuple[Dict[str, Any], str, str, Any]:
         """Separate the session's input: (state, message, mixer markup, the file box's value)."""
         state = state or _state()
-        keep = _keep()
         if state.get("input") is None or self.workspace.folder(state["input"]) is None:
-            return state, message("Drop a song (or pick the example) first.", error=True), "", None
+            return state, message("Drop a song (or pick the example) first.", error=True), KEEP, None
         path, name, rate, seconds = state["track"]
         track = Track(state["input"], Path(path), name, rate, seconds)
         report = progress if progress is not None else (lambda *a, **k: None)
@@ -191,24 +199,24 @@ class App:
                 result = jobs.separate(separator, track, options, self.workspace, self.config.limits,
                                        lambda fraction, text: report(fraction, desc=text), self.cancel)
             except jobs.Cancelled:
-                return state, message("the app is stopping", error=True), "", keep
+                return state, message("the app is stopping", error=True), KEEP, KEEP
             except DannaSepError as error:
                 log.warning("%s", error)
                 if _about_the_input(error):  # the song is at fault: it goes, and the file box empties
                     self._drop_input(state)
-                    return state, message(str(error), error=True), "", None
-                return state, message(str(error), error=True), "", keep
+                    return state, message(str(error), error=True), KEEP, None
+                return state, message(str(error), error=True), KEEP, KEEP
             except Exception as error:  # a failed separation: said in the page, the server carries on
                 log.exception("separating %s failed", name)
                 self._drop_input(state)
                 return state, message(f"{name}: separation failed ({type(error).__name__}: {error})".replace(
-                    "\n", " "), error=True), "", None
+                    "\n", " "), error=True), KEEP, None
             self.jobs_done += 1
             log.info("%s: %d stems, %.1f s of audio in %.1f s", name, len(result.stems), result.seconds,
                      time.monotonic() - started)
         self.workspace.remove(state.get("result"))  # a session shows one result; the one before goes
         state["result"] = result.token
-        return state, message(_done(result)), mixer_html(result, self.url), keep
+        return state, message(_done(result)), mixer_html(result, self.url), KEEP
 
     # -- the page -----------------------------------------------------------------------
 
@@ -250,28 +258,30 @@ class App:
             status = gr.HTML("", elem_id="message", js_on_load=None)
             mixer = gr.HTML("", elem_id="mixer", js_on_load=SCRIPT_FILE.read_text(encoding="utf-8"))
 
-            light = {"concurrency_limit": 4, "show_progress": "hidden"}
-            upload.upload(self.receive, [upload, state], [state, status, upload], **light)
-            upload.clear(self.clear, [state], [state, status], **light)
-            example.click(self.example, [state], [state, status, upload], **light)
+            def values(outputs: tuple) -> tuple:
+                return tuple(gr.update() if value is KEEP else value for value in outputs)
+
+            def receive(upload, state):
+                return values(self.receive(upload, state))
+
+            def example_song(state):
+                return values(self.example(state))
 
             def separate(state, bundle_key, folder, stems, two_stems, shifts, precision, format,
                          progress=gr.Progress()):
-                return self.separate(state, bundle_key, folder, stems, two_stems, shifts, precision, format,
-                                     progress)
+                return values(self.separate(state, bundle_key, folder, stems, two_stems, shifts, precision, format,
+                                            progress))
+
+            light = {"concurrency_limit": 4, "show_progress": "hidden"}
+            upload.upload(receive, [upload, state], [state, status, upload], **light)
+            upload.clear(self.clear, [state], [state, status], **light)
+            example.click(example_song, [state], [state, status, upload], **light)
 
             page.load(self.warm_up, None, None, show_progress="hidden", concurrency_limit=None)
             go.click(separate, [state, bundle, folder, stems, two, shifts, precision, format],
                      [state, status, mixer, upload], concurrency_limit=1, concurrency_id="separate",
                      show_progress="full", api_name="separate")
         return page
-
-
-def _keep() -> Any:
-    """An output value that leaves a component as it is."""
-    import gradio as gr
-
-    return gr.update()
 
 
 def _upload_box(gr: Any) -> type:
