@@ -237,6 +237,7 @@ class App:
                         example = gr.Button("Use the example song", elem_id="example", size="sm",
                                             visible=self.config.example is not None and self.config.example.is_file())
                         go = gr.Button("Separate", variant="primary", elem_id="separate")
+                    status = gr.HTML("", elem_id="message", js_on_load=None)
                 with gr.Column(scale=1):
                     with gr.Accordion("Options", open=True):
                         bundle = gr.Dropdown([(c.label, c.key) for c in self.choices], value=default,
@@ -255,7 +256,6 @@ class App:
                             precision = gr.Radio(list(jobs.PRECISIONS), value="auto", label="Precision",
                                                  elem_id="precision")
                             format = gr.Radio(list(jobs.FORMATS), value="wav", label="Format", elem_id="format")
-            status = gr.HTML("", elem_id="message", js_on_load=None)
             mixer = gr.HTML("", elem_id="mixer", js_on_load=SCRIPT_FILE.read_text(encoding="utf-8"))
 
             def values(outputs: tuple) -> tuple:
