@@ -91,7 +91,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "interrupt-misses-encoding", "Ctrl-C with -j 2 during encoding still commits the track (cancel checked in pass 1 only)",
         "src/danna_sep/separator.py",
         (("                    if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too\n"
-          "                        report(\"encoding\", seconds * (index + writer.frames_written / out_length) / len(final), "
+          "                        report(\"encoding\", seconds * (index + writer.frames_written / out_length) / len(files), "
           "seconds)\n", ""),),
         ("tests/test_cli_bad_input.py::test_sigint_while_encoding_leaves_nothing_and_a_rerun_completes",),
     ),

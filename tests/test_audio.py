@@ -466,3 +466,56 @@ def test_a_file_is_written_in_the_format_its_name_says(tmp_path):
     with pytest.raises(ValueError, match="cannot write .ogg files"):
         write_audio(tmp_path / "e.ogg", wav, 8000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "b.WAV", "c.out"]
+
+
+def test_the_writer_resamples_its_blocks_once_and_lands_on_the_length_it_is_given(tmp_path):
+    """Blocks at 44.1 kHz into a 48 kHz file through the writer's one streaming resampler: the
+    same audio as resampling the whole at once, cut or padded with silence to `length`."""
+    from danna_sep.audio import AudioWriter
+
+    wav = sine(440, 44100, 1.0)
+    whole = resample(wav, 44100, 48000)
+    for extra in (-300, 0, 300):
+        target = tmp_path / f"{extra}.wav"
+        with AudioWriter(target, 48000, 2, bit_depth=32, source_rate=44100, length=whole.shape[-1] + extra) as writer:
+            for start in range(0, wav.shape[-1], 10000):
+                writer.write(wav[:, start:start + 10000])
+        back, rate = read_audio(target)
+        assert rate == 48000 and back.shape == (2, whole.shape[-1] + extra)
+        common = min(whole.shape[-1], back.shape[-1])
+        # block-wise and whole-track soxr differ only near the ends
+        assert torch.allclose(back[:, 2000:common - 2000], whole[:, 2000:common - 2000], atol=1e-4)
+        if extra > 0:
+            assert torch.count_nonzero(back[:, -extra:]) == 0
+    assert leftovers(tmp_path) == []
+
+
+def test_a_tracks_files_appear_together_or_not_at_all(tmp_path, monkeypatch):
+    """AudioWriters finishes every file before renaming any: where the second cannot be
+    finished (here its encoder fails as it closes, as on a full disk), neither file appears,
+    and the folder made for them goes too."""
+    from danna_sep.audio import AudioWriters
+
+    closing = soundfile.SoundFile.close
+    calls = []
+
+    def close_fails_the_second_time(self):
+        calls.append(self.name)
+        closing(self)
+        if len(calls) == 2:
+            raise OSError("stopped while closing")
+
+    folder = tmp_path / "track"
+    with AudioWriters() as writers:
+        for name in ("a.wav", "b.flac"):
+            writers.open(folder / name, 8000, 2).write(sine(440, 8000, 0.1))
+        monkeypatch.setattr(soundfile.SoundFile, "close", close_fails_the_second_time)
+        with pytest.raises(AudioError, match=r"b\.flac: cannot write \(stopped while closing\)"):
+            writers.commit()
+    assert len(calls) >= 2 and not folder.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with AudioWriters() as writers:
+        for name in ("a.wav", "b.flac"):
+            writers.open(folder / name, 8000, 2).write(sine(440, 8000, 0.1))
+        assert writers.commit() == [folder / "a.wav", folder / "b.flac"]
+    assert sorted(p.name for p in folder.iterdir()) == ["a.wav", "b.flac"]

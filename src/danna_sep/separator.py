@@ -293,35 +293,21 @@ def _write_stems(
     import time
 
     from . import space
-    from .audio import (AudioError, AudioWriters, check_readable, declared_length, default_bit_depth, encoded_bytes,
-                        load_spooled, long_name, output_format, source_bit_depth)
+    from .audio import AudioWriters, declared_length, load_spooled, plan_targets
     from .spool import Spool
 
     sources = separator.sources
     for name in targets:
         if name not in sources and not (name.startswith("no_") and name[3:] in sources):
             raise ValueError(f"unknown stem {name!r} (sources: {', '.join(sources)})")
-    final = {name: Path(t) for name, t in targets.items()}
-    formats = {name: output_format(target, output.format) for name, target in final.items()}
-    check_readable(path)  # before anything opens it: a FIFO would block, a loop never resolve
-    for target in final.values():
-        too_long = long_name(target)
-        if too_long is not None:
-            raise AudioError(f"{target}: {too_long}")
-    source_depth = source_bit_depth(path) if output.bit_depth is None else None
-    depths = {name: output.bit_depth or default_bit_depth(fmt, source_depth) for name, fmt in formats.items()}
-    if not output.force:
-        for target in final.values():
-            if target.exists() or target.is_symlink():
-                raise AudioError(f"{target}: already exists (use --force to overwrite)")
+    files = plan_targets(path, targets, output.format, output.bit_depth, output.force)
     declared = declared_length(path)
     seconds_declared = None if declared is None else declared[0] / declared[1]
+    sizes = []
     if declared is not None:
-        frames_out = round(declared[0] * (output.samplerate or declared[1]) / declared[1])
-        sizes = [(target.parent, encoded_bytes(formats[name], frames_out, 2, output.samplerate or declared[1],
-                                               depths[name], output.mp3_bitrate)) for name, target in final.items()]
-    else:
-        sizes = []
+        rate_out = output.samplerate or declared[1]
+        frames_out = round(declared[0] * rate_out / declared[1])
+        sizes = [(f.path.parent, f.size(frames_out, 2, rate_out, output.mp3_bitrate)) for f in files.values()]
     dtype = space.spool_dtype(seconds_declared, sizes, output.spool, name=str(path))
 
     started = time.monotonic()
@@ -330,7 +316,7 @@ def _write_stems(
     out_length = length if out_rate == rate else round(length * out_rate / rate)
     spools: Dict[str, Spool] = {}
     try:
-        for name in final:
+        for name in files:
             spools[name] = Spool(2, dtype=dtype)
         # Pass 1: separate into float spools at 44.1 kHz, noting the peak for `rescale`.
         peak = 0.0
@@ -353,20 +339,21 @@ def _write_stems(
         # length and encode; the stems appear together, or none.
         if report is not None:
             report("encoding", 0.0, seconds)
-        with AudioWriters() as files:
-            for index, (name, target) in enumerate(final.items()):
-                writer = files.open(target, out_rate, 2, format=formats[name], bit_depth=depths[name] or 16,
-                                    mp3_bitrate=output.mp3_bitrate, force=output.force, source_rate=SAMPLERATE,
-                                    length=out_length)
+        with AudioWriters() as writers:
+            for index, (name, target) in enumerate(files.items()):
+                writer = writers.open(target.path, out_rate, 2, format=target.format, bit_depth=target.bit_depth or 16,
+                                      mp3_bitrate=output.mp3_bitrate, force=output.force, source_rate=SAMPLERATE,
+                                      length=out_length)
                 for stem in spools[name].blocks():
                     writer.write(_clipped(stem * scale if scale != 1.0 else stem, output.clip))
                     if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
-                        report("encoding", seconds * (index + writer.frames_written / out_length) / len(final), seconds)
+                        report("encoding", seconds * (index + writer.frames_written / out_length) / len(files), seconds)
                 spools[name].close()
-            files.commit()
+            writers.commit()
     finally:
         track.close()
         for spool in spools.values():
             spool.close()
-    return StemsWritten(paths=final, seconds=length / rate, samplerate=out_rate, scale=scale,
-                        separating_seconds=separated - started, encoding_seconds=time.monotonic() - separated)
+    return StemsWritten(paths={name: target.path for name, target in files.items()}, seconds=length / rate,
+                        samplerate=out_rate, scale=scale, separating_seconds=separated - started,
+                        encoding_seconds=time.monotonic() - separated)

@@ -21,13 +21,13 @@ from .mix import downmix
 from .probe import declared_length, source_bit_depth
 from .read import BLOCK, AudioBlocks, open_blocks, read_audio, read_audio_streams
 from .resample import StreamResampler, resample
-from .write import AudioWriter, AudioWriters, write_audio
+from .write import AudioWriter, AudioWriters, Target, plan_targets, write_audio
 
 __all__ = [
     "AUDIO_EXTENSIONS", "BLOCK", "FORMAT_EXTENSIONS", "WAV_LIMIT", "AudioBlocks", "AudioError", "AudioWriter",
-    "AudioWriters", "BitDepth", "Format", "PathLike", "StreamResampler", "check_readable", "declared_length",
+    "AudioWriters", "BitDepth", "Format", "PathLike", "StreamResampler", "Target", "check_readable", "declared_length",
     "default_bit_depth", "downmix", "encoded_bytes", "is_audio_file", "is_temporary_name", "load", "load_spooled",
-    "long_name", "name_max", "open_blocks", "output_format", "read_audio", "read_audio_streams",
+    "long_name", "name_max", "open_blocks", "output_format", "plan_targets", "read_audio", "read_audio_streams",
     "remove_empty_folders", "remove_stale_temporaries", "resample", "source_bit_depth", "wav_container",
     "write_audio",
 ]

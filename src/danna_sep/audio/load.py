@@ -54,7 +54,9 @@ def load_spooled(
 
     def spooled(reader: AudioBlocks) -> Tuple["Spool", int, int]:
         note_downmix(Path(path), reader.channels, channels)
-        resampler = StreamResampler(reader.samplerate, samplerate, channels) if reader.samplerate != samplerate else None
+        resampler = None
+        if reader.samplerate != samplerate:
+            resampler = StreamResampler(reader.samplerate, samplerate, channels)
         spool = Spool(channels, directory, dtype=dtype)
         try:
             for block in reader:

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import errno
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Literal, Optional
+from typing import Dict, List, Literal, Mapping, Optional
 
 import numpy as np
 import soundfile
 import torch
 
 from .. import atomic
-from .common import AudioError, PathLike, one_line
+from .common import AudioError, PathLike, check_readable, one_line
 from .folders import long_name, make_parent, remove_empty_folders, space_problem
-from .formats import (FLAC_SUBTYPES, WAV_SUBTYPES, BitDepth, Format, check_write_options, mp3_rate, output_format,
-                      wav_container)
+from .formats import (FLAC_SUBTYPES, WAV_SUBTYPES, BitDepth, Format, check_write_options, default_bit_depth,
+                      encoded_bytes, mp3_rate, output_format, wav_container)
 from .mix import quantise
+from .probe import source_bit_depth
 from .resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -318,6 +320,43 @@ class AudioWriters:
     def __exit__(self, kind, value, traceback) -> None:
         if kind is not None:
             self.abort()
+
+
+@dataclass(frozen=True)
+class Target:
+    """One file to write for a source: where, in which format, at which bit depth (None: mp3)."""
+
+    path: Path
+    format: str
+    bit_depth: Optional[int]
+
+    def size(self, frames: int, channels: int, samplerate: int, mp3_bitrate: int = 320) -> int:
+        """An upper bound on its size for `frames` (see `encoded_bytes`)."""
+        return encoded_bytes(self.format, frames, channels, samplerate, self.bit_depth, mp3_bitrate)
+
+
+def plan_targets(source: PathLike, targets: Mapping[str, PathLike], format: Optional[str] = None,
+                 bit_depth: Optional[int] = None, force: bool = False) -> Dict[str, Target]:
+    """The files to write from `source`, by name: each in the format its extension names,
+    else `format` (see `output_format`), at `bit_depth`, else the source's as far as the
+    format holds it (see `default_bit_depth`). Checked before any work, each as one line: a
+    source that cannot be read (see `check_readable`), a name too long for its file system,
+    and an existing file unless `force`."""
+    paths = {name: Path(target) for name, target in targets.items()}
+    formats = {name: output_format(target, format) for name, target in paths.items()}
+    check_readable(source)  # before anything opens it: a FIFO would block, a loop never resolve
+    for target in paths.values():
+        too_long = long_name(target)
+        if too_long is not None:
+            raise AudioError(f"{target}: {too_long}")
+    depth = source_bit_depth(source) if bit_depth is None else None
+    planned = {name: Target(paths[name], fmt, bit_depth or default_bit_depth(fmt, depth))
+               for name, fmt in formats.items()}
+    if not force:
+        for target in paths.values():
+            if target.exists() or target.is_symlink():
+                raise AudioError(f"{target}: already exists (use --force to overwrite)")
+    return planned
 
 
 def write_audio(
