@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from . import catalog
+from . import atomic, catalog
 from .errors import DannaSepError, UsageError, disk_full, is_no_space
 
 log = logging.getLogger(__name__)
@@ -240,13 +240,7 @@ class _Record:
     def put(self, name: str, sha256: str, size: int, url: Optional[str]) -> None:
         self.files[name] = {"sha256": sha256, "bytes": size, "url": url,
                             "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        try:
-            temp.write_text(json.dumps({"files": self.files}, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(temp, self.path)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+        atomic.write_text(self.path, json.dumps({"files": self.files}, indent=2, sort_keys=True) + "\n")
 
 
 # --- one transfer -----------------------------------------------------------------------------
