@@ -84,6 +84,14 @@ def _process_is_gone(pid: int) -> bool:
     return False
 
 
+def _remove(path: Path) -> None:
+    """Remove a file, or a folder with all it holds (OSError as the system raises it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     """Delete the temporary files and folders in `folder` left by writers of this machine that
     no longer run (killed mid-write: their names carry the writer's pid), say so, and return them."""
@@ -99,15 +107,11 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
             continue
         pid = int(found["pid"])
         if found["host"] == host_tag() and pid != os.getpid() and _process_is_gone(pid):
-            path = folder / name
             try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+                _remove(folder / name)
             except OSError:
                 continue
-            removed.append(path)
+            removed.append(folder / name)
     if removed:
         pids = sorted({int(_TEMPORARY.fullmatch(p.name)["pid"]) for p in removed})
         log.info("%s: removed %d temporary file%s left by a killed run (process %s)", folder, len(removed),
@@ -183,12 +187,8 @@ def discard(temporary: Optional[PathLike]) -> None:
     """Remove a temporary file or folder (nothing where it is already gone)."""
     if temporary is None:
         return
-    temporary = Path(temporary)
     try:
-        if temporary.is_dir() and not temporary.is_symlink():
-            shutil.rmtree(temporary)
-        else:
-            temporary.unlink()
+        _remove(Path(temporary))
     except FileNotFoundError:
         pass
     except OSError as error:  # pragma: no cover - only when the folder vanished or locked
