@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import SAMPLERATE
+
 __all__ = [
     "RandomGain", "ChannelSwap", "SignFlip", "RandomEQ", "PitchSpeed", "RemixBatch", "AugmentSequence",
     "AUGMENTATIONS", "build_augment", "change_speed", "pitch_shift", "resample_fft", "time_stretch",
@@ -141,7 +143,7 @@ class RandomEQ(_Augmentation):
     augmentation here."""
 
     def __init__(self, p: float = 0.5, tilt_db: float = 1.5, band_db: float = 6.0, bands: int = 3,
-                 samplerate: int = 44100):
+                 samplerate: int = SAMPLERATE):
         super().__init__()
         self.p = _check_probability("p", p)
         if tilt_db < 0 or band_db < 0 or bands < 0 or samplerate <= 0:
