@@ -2,6 +2,7 @@
 #
 #   docker build -t danna-sep .
 #   docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" danna-sep separate song.mp3 -o separated
+#   docker run --rm -p 127.0.0.1:7860:7860 danna-sep app --host 0.0.0.0
 #
 # Build arguments:
 #   BASE_IMAGE       a Debian bookworm image (default debian:bookworm-slim; benchmarks/fresh_root.py
@@ -60,5 +61,6 @@ ENV PATH=/opt/danna-sep/bin:$PATH \
 USER danna
 WORKDIR /data
 VOLUME ["/data"]
+EXPOSE 7860
 ENTRYPOINT ["danna-sep"]
 CMD ["--help"]

@@ -83,6 +83,8 @@ DOCKER_BUILD_LINE = "docker build -t danna-sep ."
 DOCKER_RUN_FOLDER = 'docker run --rm -v "$PWD:/data" danna-sep separate songs -o separated'
 DOCKER_RUN_AS_ME = 'docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" danna-sep separate song.mp3 -o mine'
 OTHER_UID = 2000
+DOCKER_RUN_APP = "docker run --rm -p 127.0.0.1:7860:7860 danna-sep app --host 0.0.0.0"
+APP_URL = "http://127.0.0.1:7860/"
 
 COMPILER_PACKAGES = re.compile(r"^(gcc(-\d+)?|g\+\+(-\d+)?|cpp(-\d+)?|clang(-\d+)?|binutils|"
                                r"binutils-.*|libgcc-\d+-dev|libstdc\+\+-\d+-dev|python3(\.\d+)?-dev|"
@@ -431,6 +433,44 @@ def reference_stems(run: Run, out: Path) -> Path:
     return out / "synth-song"
 
 
+def start_app(run: Run, docker_function: str, podman: List[str], timeout: float = 600.0) -> str:
+    """The README's web app line, until its page answers on the published port; then Ctrl-C's
+    sibling, SIGTERM, as `docker stop` sends it."""
+    import socket
+    import urllib.request
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 7860)) == 0:
+            raise FreshRootError("127.0.0.1:7860 is taken; the README's app line publishes that port")
+    name = "danna-sep-fresh-root-app"
+    subprocess.run(podman + ["rm", "-f", name], capture_output=True)
+    with open(run.log, "a") as log:
+        log.write(f"\n$ {DOCKER_RUN_APP}\n")
+        log.flush()
+        app = subprocess.Popen(["bash", "-c", docker_function + DOCKER_RUN_APP], stdout=log, stderr=subprocess.STDOUT,
+                               env={**os.environ, "DOCKER_NAME": name}, start_new_session=True)
+    start, page = time.monotonic(), None
+    try:
+        while time.monotonic() - start < timeout and app.poll() is None:
+            try:
+                with urllib.request.urlopen(APP_URL, timeout=5) as answer:
+                    page = answer.read().decode(errors="replace")
+                    break
+            except OSError:
+                time.sleep(1)
+        if page is None:
+            raise FreshRootError(f"{APP_URL}: no page in {timeout:.0f} s (app exit status {app.poll()})")
+        title = re.search(r"<title>(.*?)</title>", page, re.S)
+        return f"{APP_URL} answered after {time.monotonic() - start:.0f} s, title {title.group(1).strip() if title else '?'!r}"
+    finally:
+        subprocess.run(podman + ["stop", "-t", "20", name], capture_output=True)
+        try:
+            app.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(app.pid, 9)
+            app.wait()
+        subprocess.run(podman + ["rm", "-f", name], capture_output=True)
+
+
 def image_size_bytes(run: Run, podman: List[str]) -> int:
     done = run.sh(podman + ["image", "inspect", "--format", "{{.Size}}", IMAGE], capture=True)
     return int(done.stdout.strip())
@@ -457,7 +497,7 @@ def prove(args: argparse.Namespace, run: Run) -> None:
     readme = (context / "README.md").read_text()
     install_lines = readme_block(readme, "Install")
     test_lines = readme_block(readme, "Test")
-    for line in BARE_DEBIAN + PIPX_LINES + [DOCKER_BUILD_LINE, DOCKER_RUN_FOLDER, DOCKER_RUN_AS_ME]:
+    for line in BARE_DEBIAN + PIPX_LINES + [DOCKER_BUILD_LINE, DOCKER_RUN_FOLDER, DOCKER_RUN_AS_ME, DOCKER_RUN_APP]:
         if line not in readme:
             raise FreshRootError(f"README.md no longer shows the line the proof runs: {line}")
 
@@ -536,9 +576,10 @@ def prove(args: argparse.Namespace, run: Run) -> None:
     # limit stays this process's, and the process limit is lowered (runc refuses even the
     # current one).
     open_files = next(l.split()[-3] for l in open("/proc/self/limits") if l.startswith("Max open files"))
-    docker_flags = f"--runtime runc --network none --ulimit nofile={open_files} --ulimit nproc=4096"
+    docker_flags = f"--runtime runc --ulimit nofile={open_files} --ulimit nproc=4096"
     docker_function = (f"docker() {{ sub=$1; shift; if [ \"$sub\" = run ]; then {shlex.join(podman)} run "
-                       f"{docker_flags} \"$@\"; else {shlex.join(podman)} \"$sub\" \"$@\"; fi; }}\n")
+                       f"{docker_flags} ${{DOCKER_NAME:+--name $DOCKER_NAME}} \"$@\"; "
+                       f"else {shlex.join(podman)} \"$sub\" \"$@\"; fi; }}\n")
     (data / "songs").mkdir(parents=True)
     shutil.copy(REPO / EXAMPLE, data / "songs/synth-song.mp3")
     shutil.copy(REPO / EXAMPLE, data / "song.mp3")
@@ -555,6 +596,9 @@ def prove(args: argparse.Namespace, run: Run) -> None:
     owners = {(p.stat().st_uid, p.stat().st_gid) for p in (data / "mine/song").iterdir()}
     if owners != {(OTHER_UID, OTHER_UID)}:
         raise FreshRootError(f"--user {OTHER_UID}: stems owned by {owners}")
+
+    with run.timed("docker run: the web app, until its page loads", DOCKER_RUN_APP):
+        run.facts["app"] = start_app(run, docker_function, podman)
 
     # What the image holds: user, entry point, volume; no compiler, no CUDA, no build secrets.
     config = json.loads(run.sh(buildah + ["inspect", "--type", "image", IMAGE], capture=True).stdout)["OCIv1"]["config"]

@@ -44,7 +44,8 @@ def test_the_readme_shows_every_line_the_proof_runs(fresh_root):
     assert test[-1].startswith("python -m pytest")  # the proof times the last line as the test run
     section = README.split("## Containers and isolated installs", 1)[1].split("\n## ", 1)[0]
     for line in (fresh_root.BARE_DEBIAN + fresh_root.PIPX_LINES
-                 + [fresh_root.DOCKER_BUILD_LINE, fresh_root.DOCKER_RUN_FOLDER, fresh_root.DOCKER_RUN_AS_ME]):
+                 + [fresh_root.DOCKER_BUILD_LINE, fresh_root.DOCKER_RUN_FOLDER, fresh_root.DOCKER_RUN_AS_ME,
+                    fresh_root.DOCKER_RUN_APP]):
         assert line in section, line
 
 
@@ -54,6 +55,7 @@ def test_the_image_runs_danna_sep_as_a_user_in_data_without_compilers():
     user = re.findall(r"^USER (\S+)", last, re.M)
     assert user and user[-1] not in ("root", "0")
     assert re.search(r"^WORKDIR /data\s*$", last, re.M) and re.search(r'^VOLUME \["/data"\]', last, re.M)
+    assert re.search(r"^EXPOSE 7860\s*$", last, re.M)  # the web app's port, as the README publishes it
     installed = " ".join(re.findall(r"apt-get install ([^&;]*)", last))
     assert installed, "the last stage installs its runtime packages with apt-get"
     for package in installed.split():
@@ -175,5 +177,6 @@ def test_from_a_bare_debian_root_to_separated_stems_in_the_image(tmp_path):
     assert facts["image_compilers"] == [] and facts["image_cuda_libraries"] == []
     assert facts["image_build_secrets"] == []
     assert facts["image_config"]["Entrypoint"] == ["danna-sep"] and facts["image_config"]["User"] == "danna"
+    assert facts["app"].startswith("http://127.0.0.1:7860/ answered")
     for key in ("pipx_stems", "image_stems", "image_stems_as_other_uid"):
         assert facts[key].startswith("4 stems, 44.1 kHz stereo, 15.0 s"), facts[key]
