@@ -228,3 +228,47 @@ def test_manifest_lines_survive_a_line_cut_short(tmp_path):
     manifest = Manifest(path)
     assert sorted(manifest.latest) == ["/a.wav", "/c.wav"]
     assert len(path.read_text().splitlines()) == 3
+
+
+def test_stems_are_recorded_complete_before_they_take_their_names(catalog, tmp_path):
+    """write_stems' before_commit sees every stem whole under its temporary name while no
+    final name exists yet; when it raises, nothing of the track is left."""
+    from danna_sep.errors import DannaSepError
+    from danna_sep.separator import Separator
+
+    separator = Separator(catalog["bundle"], device="cpu")
+    targets = {s: tmp_path / "out" / f"{s}.flac" for s in ("bass", "no_bass")}
+    seen = {}
+
+    def before_commit(temporaries):
+        assert set(temporaries) == set(targets)
+        assert not any(t.exists() for t in targets.values())
+        for stem, temporary in temporaries.items():
+            seen[stem] = _sha256(temporary)
+
+    separator.write_stems(catalog["songs"][0], targets, before_commit=before_commit)
+    assert seen == {stem: _sha256(target) for stem, target in targets.items()}
+
+    class Refused(DannaSepError):
+        pass
+
+    def refuse(temporaries):
+        raise Refused("no")
+
+    again = {s: tmp_path / "again" / f"{s}.wav" for s in ("drums",)}
+    with pytest.raises(Refused):
+        separator.write_stems(catalog["songs"][0], again, before_commit=refuse)
+    assert not (tmp_path / "again").exists()
+
+
+def test_a_track_finished_with_skip_existing_is_recorded_with_all_its_stems(catalog, tmp_path):
+    out, manifest = tmp_path / "out", tmp_path / "batch.jsonl"
+    one = catalog["songs"][0]
+    base = ["separate", str(one), "-o", str(out), "--bundle", str(catalog["bundle"]), "--device", "cpu", "-q"]
+    assert main([*base, "--stems", "bass"]) == 0  # an earlier run, without a manifest
+    assert main([*base, "--skip-existing", "--manifest", str(manifest)]) == 0
+    [line] = _lines(manifest)
+    assert sorted(line["sha256"]) == sorted(SOURCES)
+    assert all(_sha256(Path(line["outputs"][s])) == line["sha256"][s] for s in SOURCES)
+    assert main([*base, "--manifest", str(manifest)]) == 0
+    assert len(_lines(manifest)) == 1  # done already: nothing to add

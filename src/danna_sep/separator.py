@@ -179,6 +179,7 @@ class Separator:
         output: Optional["OutputOptions"] = None,
         progress: Optional[StageProgressFn] = None,
         allow_truncated: bool = False,
+        before_commit: Optional[Callable[[Dict[str, Path]], None]] = None,
     ) -> "StemsWritten":
         """Separate an audio file straight into stem files, in memory bounded by the segment.
 
@@ -199,8 +200,13 @@ class Separator:
         this track made included. A name longer than its file system takes is an AudioError
         ("name too long"), and so is an input shorter than its header declares unless
         `allow_truncated` (then a warning). A wav stem past 4 GB is written as RF64.
+
+        `before_commit({stem: complete temporary file})` runs once every stem is written and
+        before any takes its name, so that a caller can record the files (a batch manifest
+        hashes them there); if it raises, nothing of the track is left.
         """
-        return _write_stems(self, path, targets, output or OutputOptions(), progress, allow_truncated)
+        return _write_stems(self, path, targets, output or OutputOptions(), progress, allow_truncated,
+                            before_commit)
 
     def separate_file(self, path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
         """Read any audio file and separate it; stems at the file's own sample rate."""
@@ -289,6 +295,7 @@ def _write_stems(
     output: OutputOptions,
     progress: Optional[StageProgressFn],
     allow_truncated: bool = False,
+    before_commit: Optional[Callable[[Dict[str, Path]], None]] = None,
 ) -> StemsWritten:
     import time
 
@@ -349,7 +356,8 @@ def _write_stems(
                     if report is not None:  # lets a callback that raises (Ctrl-C) stop the encoding too
                         report("encoding", seconds * (index + writer.frames_written / out_length) / len(files), seconds)
                 spools[name].close()
-            writers.commit()
+            hook = None if before_commit is None else lambda temporaries: before_commit(dict(zip(files, temporaries)))
+            writers.commit(hook)
     finally:
         track.close()
         for spool in spools.values():

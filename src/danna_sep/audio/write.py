@@ -12,7 +12,7 @@ import errno
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Literal, Mapping, Optional
+from typing import Callable, Dict, List, Literal, Mapping, Optional
 
 import numpy as np
 import soundfile
@@ -295,11 +295,16 @@ class AudioWriters:
         self.created_folders.extend(writer.created_folders)
         return writer
 
-    def commit(self) -> List[Path]:
+    def commit(self, before_rename: Optional[Callable[[List[Path]], None]] = None) -> List[Path]:
+        """Finish every file, then rename each to its name. `before_rename` gets the complete
+        temporary files, in the order opened, before any is renamed (a batch's manifest
+        hashes and records them there); if it raises, nothing is left."""
         committed: List[Path] = []
         try:
             for writer in self.writers:
                 writer.finish()
+            if before_rename is not None:
+                before_rename([writer.temporary for writer in self.writers])
             for writer in self.writers:
                 committed.append(writer.commit())
         except BaseException:

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Tuple
 
 from .. import SOURCES
 from ..errors import DannaSepError, UsageError
-from ..manifest import Manifest
+from ..manifest import Manifest, file_sha256
 from .batch import current_share, device_for, gather_at_first, read_inputs_from, shard_option
 from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, comma_list, ranged
-from .report import Report, TrackResult
+from .report import Report, TrackResult, manifest_record
 
 log = logging.getLogger(__name__)
 
@@ -328,12 +328,12 @@ class _Cancelled(Exception):
 
 
 def _separate_one(args, separator, item: _Input, wanted: List[str], position: int, cancel,
-                  manifest: Optional[Manifest], quiet: bool) -> TrackResult:
+                  manifest: Optional[Manifest], rank: int, quiet: bool) -> TrackResult:
     """Separate one input into its stem files (those missing, with --skip-existing)."""
     from ..separator import OutputOptions
 
     path = item.path
-    targets = _stem_paths(args, item, wanted)
+    targets = every_target = _stem_paths(args, item, wanted)
     if args.skip_existing:
         there = {stem: target for stem, target in targets.items() if target.exists()}
         if len(there) == len(targets):
@@ -353,8 +353,16 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
         if bar is not None:
             bar.show(stage, done, total)
 
+    def record(temporaries: Dict[str, Path]) -> None:
+        """The manifest's line, written before the stems take their names: a kill after it
+        leaves files the line lists (kept if whole, else redone), one before it none."""
+        hashes = {stem: file_sha256(temporary) for stem, temporary in temporaries.items()}
+        manifest.append(manifest_record(TrackResult(path, "done", outputs=every_target, sha256=hashes,
+                                                    compute_seconds=time.monotonic() - started), rank))
+
     try:
-        written = separator.write_stems(path, targets, output, progress, allow_truncated=args.allow_truncated)
+        written = separator.write_stems(path, targets, output, progress, allow_truncated=args.allow_truncated,
+                                        before_commit=None if manifest is None else record)
     finally:
         if bar is not None:
             bar.close()
@@ -362,7 +370,7 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
     log.debug("%s: %.1f s of audio: decoded and separated in %.2f s, encoded in %.2f s", path,
               written.seconds, written.separating_seconds, written.encoding_seconds)
     return TrackResult(path, "done", outputs=dict(written.paths), audio_seconds=round(written.seconds, 3),
-                   compute_seconds=took, scale=written.scale)
+                       compute_seconds=took, scale=written.scale, recorded=manifest is not None)
 
 
 def _wanted(args: argparse.Namespace, sources: List[str]) -> List[str]:
@@ -462,7 +470,8 @@ def _separate_all(args: argparse.Namespace, files: List[_Input], report: Report,
 
     def one(item: _Input, position: int) -> TrackResult:
         try:
-            return _separate_one(args, separator, item, wanted, position, cancel, manifest, quiet)
+            return _separate_one(args, separator, item, wanted, position, cancel, manifest, report.share.index,
+                                 quiet)
         except DannaSepError as exc:  # this input failed; the others go on
             return TrackResult(item.path, "failed", error=str(exc))
 
