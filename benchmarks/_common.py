@@ -230,7 +230,7 @@ def random_bundle(
         model_kwargs = dict((kwargs or {}).get(name, {}))
         torch.manual_seed(seed + index)
         model = models.build(name, **model_kwargs).eval()
-        members.append(Member(name=name, model=model, blend=dict(blend), kwargs=model_kwargs))
+        members.append(Member(model, dict(blend)))
     return Bundle(members=members, sources=list(SOURCES), origin=f"random weights, seed {seed}")
 
 

@@ -100,7 +100,7 @@ def bundle_and_split(args: argparse.Namespace, workers: int) -> Tuple[Bundle, Li
 
 def members_alone(bundle: Bundle) -> List[Bundle]:
     """One one-model bundle per member, weight 1 on every source."""
-    return [Bundle([Member(m.name, m.model, {s: 1.0 for s in bundle.sources}, m.kwargs)], list(bundle.sources),
+    return [Bundle([Member(m.model, {s: 1.0 for s in bundle.sources})], list(bundle.sources),
                    origin=m.name) for m in bundle.members]
 
 

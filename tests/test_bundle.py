@@ -28,7 +28,7 @@ def tiny_members(seed=0, fast=False):
     for index, (name, blend) in enumerate(table.items()):
         torch.manual_seed(seed + index)
         model = randomize(models.build(name, **TINY[name]), seed=seed + index, scale=0.05).eval()
-        members.append(Member(name=name, model=model, blend=dict(blend), kwargs=dict(TINY[name])))
+        members.append(Member(model, dict(blend)))
     return members
 
 
@@ -79,7 +79,14 @@ def _failing_save(monkeypatch, failure, seed):
     """
     members = tiny_members(seed=seed)
     if failure == "unknown model":
-        members.insert(1, Member("no_such_model", torch.nn.Linear(2, 2), {"vocals": 1.0}, {}))
+        class Unregistered(models.SeparationModel):
+            name = "no_such_model"
+
+            def __init__(self):
+                super().__init__()
+                self.linear = torch.nn.Linear(2, 2)
+
+        members.insert(1, Member(Unregistered(), {"vocals": 1.0}))
         return members, KeyError
     import safetensors.torch
 
@@ -159,7 +166,7 @@ def test_separator_blend_equals_weighted_members(saved_bundle):
     assert list(stems) == ["drums", "bass", "other", "vocals"]
     expected = {s: torch.zeros(2, 30_000) for s in stems}
     for member in loaded.members:
-        alone = Separator(Bundle([Member(member.name, member.model, {s: 1.0 for s in stems})], list(stems)), **options)
+        alone = Separator(Bundle([Member(member.model, {s: 1.0 for s in stems})], list(stems)), **options)
         single = alone.separate_tensor(wav)
         for s in stems:
             expected[s] += member.blend[s] * single[s]
@@ -183,7 +190,7 @@ def test_original_checkpoints_give_the_same_stems_as_the_eager_bundle(saved_bund
     original = bundles.load_original(folder)
     wav = torch.randn(2, 25_000, generator=torch.Generator().manual_seed(4)) * 0.2
     # the U-Net loaded from an original file keeps the original's attention padding bias
-    assert original.members[1].kwargs["original_padding_bias"] is True
+    assert original.members[1].model.config["original_padding_bias"] is True
     # float32: TorchScript files run bfloat16 through autocast, eager models as bfloat16 copies
     eager = Separator(loaded, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
     from_files = Separator(checkpoints=folder, device="cpu", segment=0.5, precision="float32").separate_tensor(wav)
@@ -245,11 +252,12 @@ def test_xumx_onnx_runs_through_onnxruntime(saved_bundle, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     loaded = bundles.load_bundle(saved_bundle)
-    folder = bundles.export_original(loaded, tmp_path / "checkpoints", xumx_onnx=True)
+    folder = bundles.export_original(loaded, tmp_path / "checkpoints", onnx=True)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["xumx.onnx", "unet_attention.pth", "demucs_4_decoders.pth"])
     original = bundles.load_original(folder)
-    assert isinstance(original.members[0].model, bundles.OnnxMaskModel)
+    assert isinstance(original.members[0].model, bundles.OnnxModel)
+    assert original.members[0].name == "xumx" and original.members[0].model.output_kind == "mask"
     mag = torch.rand(1, 2, 2049, 37, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert (original.members[0].model(mag) - loaded.members[0].model(mag)).abs().max().item() < 1e-4
@@ -267,30 +275,30 @@ def test_xumx_onnx_runs_through_onnxruntime(saved_bundle, tmp_path):
 def test_exported_unet_keeps_its_attention_padding_bias(tmp_path):
     """A U-Net we trained (bias -1e9) comes back from TorchScript with -1e9, the original's files with -1e-9."""
     model = models.build("unet_attn", max_bins=128, k=2).eval()
-    members = [Member("unet_attn", model, {s: 1.0 for s in models.SOURCES}, kwargs=dict(max_bins=128, k=2))]
     folder = tmp_path / "ts"
     folder.mkdir()
-    torch.jit.script(members[0].model).save(str(folder / "unet_attention.pth"))
+    torch.jit.script(model).save(str(folder / "unet_attention.pth"))
     scripted = torch.jit.load(str(folder / "unet_attention.pth"))
-    kwargs = bundles._infer_original_kwargs("unet_attn", dict(scripted.state_dict()), scripted)
+    kwargs = models.get("unet_attn").original_kwargs(dict(scripted.state_dict()), scripted)
     assert kwargs["original_padding_bias"] is False
+    assert bundles.load_original_file("unet_attn", folder / "unet_attention.pth").config == model.config
 
 
 def test_loading_builds_on_meta_but_keeps_state_outside_the_state_dict(tmp_path, monkeypatch):
-    from torch import nn
-
     from danna_sep import models
 
-    class WithWindow(nn.Module):
+    class WithWindow(models.SeparationModel):
+        name = "with_window"
+
         def __init__(self):
             super().__init__()
-            self.linear = nn.Linear(3, 3)
+            self.linear = torch.nn.Linear(3, 3)
             self.register_buffer("window", torch.hann_window(8), persistent=False)
 
     monkeypatch.setitem(models._REGISTRY, "with_window", WithWindow)
     torch.manual_seed(0)
     original = WithWindow()
-    folder = bundles.save_bundle(tmp_path / "b", [Member("with_window", original, {"vocals": 1.0}, {})])
+    folder = bundles.save_bundle(tmp_path / "b", [Member(original, {"vocals": 1.0})])
     loaded = bundles.load_bundle(folder).members[0].model
     assert torch.equal(loaded.window, torch.hann_window(8))
     assert torch.equal(loaded.linear.weight, original.linear.weight)

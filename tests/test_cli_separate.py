@@ -243,7 +243,7 @@ def test_fast_runs_the_original_unet_and_demucs_only(tmp_path, tiny_bundle):
     mixture = torch.from_numpy(sf.read(source, dtype="float32")[0].T.copy())
     alone = {}
     for member in loaded.members:
-        solo = Bundle([Member(member.name, member.model, {s: 1.0 for s in bundles.SOURCES})], list(bundles.SOURCES))
+        solo = Bundle([Member(member.model, {s: 1.0 for s in bundles.SOURCES})], list(bundles.SOURCES))
         alone[member.name] = Separator(solo, device="cpu", precision="float32").separate_tensor(mixture)
     for stem in bundles.SOURCES:
         want = sum(weights[stem] * alone[name][stem] for name, weights in bundles.FAST_BLEND.items())

@@ -340,7 +340,7 @@ TINY = {
 @pytest.fixture(scope="module")
 def original_files(tmp_path_factory) -> Dict[str, bytes]:
     """The original tool's three TorchScript files, of tiny random models."""
-    members = [bundles.Member(name, randomize(models.build(name, **kwargs), seed=i).eval(), {}, dict(kwargs))
+    members = [bundles.Member(randomize(models.build(name, **kwargs), seed=i).eval(), {})
                for i, (name, kwargs) in enumerate(TINY.items())]
     folder = bundles.export_original(bundles.Bundle(members=members, sources=list(models.SOURCES), origin="test"),
                                      tmp_path_factory.mktemp("original"))

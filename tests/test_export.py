@@ -8,6 +8,7 @@ import soundfile as sf
 import torch
 
 from danna_sep import bundle as bundles
+from danna_sep import models
 from danna_sep.cli import main
 from danna_sep.train.checkpoint import load_checkpoint
 from fakemusdb import make_musdb_hq, synth_stems
@@ -49,7 +50,10 @@ def test_export_bundle_then_separate(runs, song, tmp_path, capsys):
     assert [m["name"] for m in manifest["models"]] == ["xumx", "unet_attn", "demucs_split"]
     for entry, name, training in zip(manifest["models"], DANNA, manifest["training"]):
         config = json.loads((TINY / f"{name}.json").read_text())
-        assert entry["kwargs"] == config["model"]["kwargs"]  # constructor arguments travel with the weights
+        # constructor arguments travel with the weights, every default filled in
+        with torch.device("meta"):
+            assert entry["kwargs"] == models.build(entry["name"], **config["model"]["kwargs"]).config
+        assert entry["kwargs"].items() >= config["model"]["kwargs"].items()
         assert entry["blend"] == bundles.PAPER_BLEND[entry["name"]]  # Danna-Sep's table by default
         assert training["config"]["model"] == {**config["model"], "input_statistics": config["model"].get("input_statistics", False)}
         assert training["checkpoint"].endswith(".pt") and "best-epoch" in training["checkpoint"]
@@ -77,7 +81,6 @@ def test_export_torchscript_loads_with_checkpoints(runs, song, tmp_path, capsys)
     xumx = torch.jit.load(str(out / "xumx_mwf.pth"))
     mag = torch.rand(1, 2, 2049, 30, generator=torch.Generator().manual_seed(0))
     best, _ = _best_state(runs["x_umx_mwf"])
-    from danna_sep import models
     ours = models.build("xumx", **best["model"]["kwargs"])
     ours.load_state_dict(best["state_dict"])
     ours.eval()
@@ -194,11 +197,10 @@ def test_interpolate_moves_weights_towards_an_anchor_bundle(runs, tmp_path, caps
     anchor_state = {key: (torch.randn(value.shape, generator=generator).to(value.dtype)
                           if value.is_floating_point() else value)
                     for key, value in trained.model.state_dict().items()}
-    anchor_model = type(trained.model)(**trained.kwargs)
+    anchor_model = type(trained.model)(**trained.model.config)
     anchor_model.load_state_dict(anchor_state)
     anchor = tmp_path / "anchor"
-    bundles.save_bundle(anchor, [bundles.Member(name=trained.name, model=anchor_model, blend=trained.blend,
-                                                kwargs=trained.kwargs)])
+    bundles.save_bundle(anchor, [bundles.Member(anchor_model, trained.blend)])
     best = trained.model.state_dict()
     for alpha in (0.0, 0.25, 1.0):
         out = tmp_path / f"mixed-{alpha}"

@@ -1,5 +1,6 @@
 """Structural tests of the five networks on tiny configurations."""
 
+import inspect
 import io
 import json
 import re
@@ -58,6 +59,105 @@ def test_contract_attributes(name):
     assert model.input_domain in ("magnitude", "waveform")
     assert model.output_kind in ("mask", "magnitude", "waveform")
     assert set(model.sources) <= {"drums", "bass", "other", "vocals"}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_config_is_the_constructor_arguments_every_default_filled_in(name):
+    """`model.config` is captured without the model's help: the registry name's class built
+    from it is the same network, and it survives a JSON round trip unchanged."""
+    model, shape = tiny(name)
+    cls = models.get(name)
+    assert type(model) is cls and model.name == name
+    given = TINY[name][0]
+    assert model.config.items() >= given.items()
+    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    assert set(model.config) == set(defaults)
+    assert all(model.config[k] == defaults[k] for k in set(defaults) - set(given))
+    assert json.loads(json.dumps(model.config)) == model.config
+    again = cls(**model.config)
+    assert again.config == model.config
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    with torch.device("meta"):
+        assert models.build(name, **given).config == model.config
+
+
+def test_config_is_recorded_by_the_outermost_constructor():
+    class Wider(models.get("demucs_v1")):
+        def __init__(self, width: int = 6, pads: tuple = (1, 2), **kwargs):
+            super().__init__(channels=width, depth=2, **kwargs)
+
+    # as JSON gives it back: lists, not tuples
+    assert Wider(normalize=False).config == {"width": 6, "pads": [1, 2], "normalize": False}
+    with pytest.raises(TypeError, match=r"\*args"):
+        class Positional(models.SeparationModel):
+            def __init__(self, *sizes):
+                super().__init__()
+
+
+def test_a_class_states_a_known_contract():
+    with pytest.raises(TypeError, match="output_kind"):
+        class Spectrum(models.SeparationModel):
+            output_kind = "spectrum"
+    with pytest.raises(TypeError, match="input_domain"):
+        class Text(models.SeparationModel):
+            input_domain = "text"
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_torchscript_keeps_the_contract(name, tmp_path):
+    """A scripted model saved and loaded still says what it reads and returns (TorchScript
+    keeps instance attributes only), so the engine can run it as it runs ours."""
+    model, _ = tiny(name)
+    path = tmp_path / "model.pth"
+    torch.jit.script(model).save(str(path))
+    loaded = torch.jit.load(str(path))
+    assert models.contract_of(loaded) == models.contract_of(model)
+    contract = models.contract_of(model)
+    assert (contract.input_domain, contract.output_kind) == (type(model).input_domain, type(model).output_kind)
+    assert contract.original_chunk_frames == type(model).original_chunk_frames
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("xumx", dict(n_fft=64, hidden_channels=12, max_bins=20, nb_layers=2)),
+    ("unet_attn", dict(max_bins=64, k=2, attn_channels=8, attn_d_model=12, attn_heads=3)),
+    ("unet_attn", dict(max_bins=64, k=1, attn_channels=4, attn_d_model=4, attn_heads=2, original_padding_bias=True)),
+    ("demucs_split", dict(channels=4, depth=3, resample=False, stride=2, lstm_layers=1)),
+])
+def test_original_kwargs_fit_a_scripted_file(name, kwargs, tmp_path):
+    """The arguments a network reads off a TorchScript file of itself rebuild it: what the
+    file shows equals what it was built with, and the weights load strictly."""
+    model = models.build(name, **kwargs)
+    shape = TINY[name][1]
+    randomize(model, seed=5)
+    path = tmp_path / "model.pth"
+    torch.jit.script(model.eval()).save(str(path))
+    scripted = torch.jit.load(str(path))
+    state = dict(scripted.state_dict())
+    inferred = models.get(name).original_kwargs(state, scripted)
+    assert {k: model.config[k] for k in inferred} == inferred
+    assert inferred.items() >= kwargs.items()
+    rebuilt = models.build(name, **inferred).eval()
+    rebuilt.load_state_dict(state, strict=True)
+    x = example_input(name, shape)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), model(x))
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_input_statistics_where_the_network_normalises_its_input(name):
+    model, shape = tiny(name)
+    if not type(model).takes_input_statistics:
+        with pytest.raises(NotImplementedError, match="no input normalisation"):
+            model.set_input_statistics(torch.zeros(1), torch.ones(1))
+        return
+    bins = model.input_bins
+    mean, std = torch.rand(bins + 3) + 0.5, torch.rand(bins + 3) + 0.5
+    model.set_input_statistics(mean, std)
+    normalised = {k: v for k, v in model.state_dict().items() if k.startswith("input_")}
+    means = [v for k, v in normalised.items() if "mean" in k][0].view(-1, bins)
+    scales = [v for k, v in normalised.items() if "scale" in k][0].view(-1, bins)
+    assert torch.equal(means, -mean[:bins].expand_as(means))  # (x + mean) * scale: -mean and 1/std
+    assert torch.allclose(scales, (1.0 / std[:bins]).expand_as(scales))
 
 
 @pytest.mark.parametrize("name", list(TINY))
@@ -231,9 +331,13 @@ def test_the_catalog_names_the_registry():
     registry: the same names in the same order, each with the model's own input and output."""
     from danna_sep.catalog import ARCHITECTURES
 
+    from danna_sep.catalog import ORIGINAL_FILES, ORIGINAL_XUMX_ONNX
+
     assert list(ARCHITECTURES) == models.names()
     for name, (network, domain, kind) in ARCHITECTURES.items():
         with torch.device("meta"):
             model = models.build(name)
-        assert (domain, kind) == (model.input_domain, model.output_kind), name
-        assert network
+        assert (network, domain, kind) == (model.network, model.input_domain, model.output_kind), name
+    originals = {name: models.get(name).original_file for name in models.names() if models.get(name).original_file}
+    assert ORIGINAL_FILES == originals
+    assert [models.get(n).original_onnx for n in models.names() if models.get(n).original_onnx] == [ORIGINAL_XUMX_ONNX]

@@ -91,7 +91,7 @@ def sdr(ref, est):
 
 
 def bundle_of(nets, weights):
-    return Bundle(members=[Member(name=name, model=model, blend=dict(weights[name]), kwargs=dict(TINY[name]))
+    return Bundle(members=[Member(model, dict(weights[name]))
                            for name, model in nets.items()],
                   sources=list(SOURCES))
 

@@ -54,7 +54,7 @@ def test_the_default_separates_a_generated_song_and_its_blend_beats_every_member
     """The blend's mean MDX SDR is at least DEFAULT_FLOOR_DB and at least that of its best member."""
     default = resolve_bundle("default")
     blend = _sdr(song, default_float32)
-    members = {m.name: _sdr(song, _separate(Bundle([Member(m.name, m.model, {s: 1.0 for s in SOURCES}, m.kwargs)],
+    members = {m.name: _sdr(song, _separate(Bundle([Member(m.model, {s: 1.0 for s in SOURCES})],
                                                    list(SOURCES)), song))
                for m in default.members}
     best = max(float(np.mean(s)) for s in members.values())

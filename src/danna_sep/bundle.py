@@ -4,9 +4,14 @@ Two formats are read:
 
 - ours, a folder with `bundle.json` (registry name, constructor kwargs, weights file,
   sha256 and blend weights of each member; versions) and one `.safetensors` file per member;
-- the original Danna-Sep tool's checkpoint folder: `unet_attention.pth`,
-  `demucs_4_decoders.pth` and `xumx_mwf.pth` TorchScript files, blended with the paper's
-  table (`fast=True`: U-Net and Demucs only, with the fast table).
+- the original Danna-Sep tool's checkpoint folder: one TorchScript file per member of the
+  paper's blend, named by each network's `original_file` (an ONNX form instead where the
+  network names an `original_onnx`), blended with the paper's table (`fast=True`: the fast
+  table's members only).
+
+A member is a model and its blend weights; the model itself says what it is (its registry
+name, its constructor arguments in `model.config`, its original file), so nothing here
+asks for a network by its name.
 
 A missing, truncated or tampered weights file is a `BundleError` naming the file.
 """
@@ -19,68 +24,60 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
-from torch import nn
 
-from . import __version__, models
-from .catalog import BUNDLE_FILE, ORIGINAL_FILES, ORIGINAL_XUMX_ONNX
-from .errors import USAGE, DannaSepError
-from .models import SOURCES
+from . import SAMPLERATE, __version__, models
+from .catalog import BUNDLE_FILE, ORIGINAL_FILES  # noqa: F401 - ORIGINAL_FILES: for the bundle's callers
+from .errors import DannaSepError
+from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
 
 log = logging.getLogger(__name__)
 
 FORMAT = "danna-sep-bundle"
 FORMAT_VERSION = 1
 
-# The paper's blend (SPEC-models.md): model -> source -> weight; each source sums to 1.
-PAPER_BLEND = {
-    "xumx": {"drums": 0.2, "bass": 0.1, "other": 0.0, "vocals": 0.2},
-    "unet_attn": {"drums": 0.2, "bass": 0.17, "other": 0.5, "vocals": 0.4},
-    "demucs_split": {"drums": 0.6, "bass": 0.73, "other": 0.5, "vocals": 0.4},
-}
-FAST_BLEND = {
-    "unet_attn": {"drums": 0.4, "bass": 0.27, "other": 0.5, "vocals": 0.6},
-    "demucs_split": {"drums": 0.6, "bass": 0.73, "other": 0.5, "vocals": 0.4},
-}
+# `load_original_file(NAME + ONNX_SUFFIX, path)` loads the ONNX form of network NAME.
+ONNX_SUFFIX = "_onnx"
 
-class OnnxMaskModel(nn.Module):
-    """An X-UMX-style ONNX file run by onnxruntime on the CPU, with the original calling
-    convention: magnitude `(1, 2, 2049, frames)` -> masks `(1, 4, 2, 2049, frames)`."""
 
-    sources = list(SOURCES)
-    samplerate = 44100
-    audio_channels = 2
-    input_domain = "magnitude"
-    output_kind = "mask"
+class OnnxModel(SeparationModel):
+    """The ONNX form of one of the original tool's files, run by onnxruntime on the CPU with
+    the calling convention of the network it stands for (`name`), whose contract it takes."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str, name: str):
         super().__init__()
         import onnxruntime  # deferred: optional
 
+        network = models.get(name)
+        self.name = network.name
+        self.input_domain, self.output_kind = network.input_domain, network.output_kind
+        self.sources = list(SOURCES)
+        self.samplerate = SAMPLERATE
+        self.audio_channels = 2
         self.path = str(path)
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only
         self.session = onnxruntime.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def forward(self, mag: torch.Tensor) -> torch.Tensor:
-        feed = {self.input_name: mag.detach().to("cpu", torch.float32).contiguous().numpy()}
-        (mask,) = self.session.run(None, feed)[:1]
-        return torch.from_numpy(mask).to(mag.device)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feed = {self.input_name: x.detach().to("cpu", torch.float32).contiguous().numpy()}
+        (out,) = self.session.run(None, feed)[:1]
+        return torch.from_numpy(out).to(x.device)
 
 
-def _load_onnx_xumx(path: Path) -> nn.Module:
+def _load_onnx(name: str, path: Path) -> SeparationModel:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        raise BundleError(f"{path}: running xumx.onnx needs onnxruntime (pip install onnxruntime), "
-                          "or use --fast to skip X-UMX") from None
+        raise BundleError(f"{path}: running {path.name} needs onnxruntime (pip install onnxruntime), "
+                          f"or use --fast to skip {name}") from None
     try:
-        return OnnxMaskModel(path)
+        return OnnxModel(str(path), name)
     except Exception as exc:  # onnxruntime raises its own exception types
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise BundleError(f"{path}: not a readable ONNX file ({first})") from None
@@ -94,10 +91,13 @@ class BundleError(DannaSepError):
 class Member:
     """One model of a bundle with its blend weights per source."""
 
-    name: str
-    model: nn.Module
+    model: SeparationModel
     blend: Dict[str, float]
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The model's registry name."""
+        return self.model.name
 
 
 @dataclass
@@ -137,13 +137,14 @@ def save_bundle(
     try:
         entries = []
         for index, member in enumerate(members):
-            models.get(member.name)  # an unknown name fails here, before anything is written
+            if models.get(member.name) is not type(member.model):  # fails before anything is written
+                raise KeyError(f"{type(member.model).__name__} is not the registry's {member.name!r}")
             filename = f"{index:02d}-{member.name}.safetensors"
             state = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
             save_file(state, str(staging / filename))
             entries.append({
                 "name": member.name,
-                "kwargs": member.kwargs,
+                "kwargs": member.model.config,
                 "weights": filename,
                 "sha256": sha256_of(staging / filename),
                 "blend": {s: float(member.blend.get(s, 0.0)) for s in sources},
@@ -152,7 +153,7 @@ def save_bundle(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "sources": list(sources),
-            "samplerate": 44100,
+            "samplerate": SAMPLERATE,
             "models": entries,
             "versions": {"danna_sep": __version__, "torch": torch.__version__},
         }
@@ -191,7 +192,7 @@ def _read_manifest(folder: Path) -> Dict[str, Any]:
 
 
 def _build_with_weights(name: str, kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor],
-                        weights: Path) -> nn.Module:
+                        weights: Path) -> SeparationModel:
     """The registry model `name` holding the tensors of `state` themselves.
 
     The model is built on the meta device, so its random initial weights never take memory
@@ -235,62 +236,21 @@ def load_bundle(folder: str | os.PathLike) -> Bundle:
             state = load_file(str(weights))
         except (SafetensorError, OSError) as exc:
             raise BundleError(f"{weights}: unreadable weights ({exc})") from None
-        kwargs = dict(entry.get("kwargs", {}))
-        model = _build_with_weights(name, kwargs, state, weights)
+        model = _build_with_weights(name, dict(entry.get("kwargs", {})), state, weights)
         model.eval()
-        members.append(Member(name=name, model=model, blend=dict(entry.get("blend", {})), kwargs=kwargs))
+        members.append(Member(model, dict(entry.get("blend", {}))))
     return Bundle(members=members, sources=sources, origin=str(root))
 
 
 # --- the original tool's TorchScript files -------------------------------------------------
 
-def _infer_original_kwargs(name: str, state: Mapping[str, torch.Tensor], scripted: Any) -> Dict[str, Any]:
-    """Constructor arguments of our class that reproduce a TorchScript file's shapes."""
-    if name == "xumx":
-        bins = state["output_means"].numel() // 4
-        max_bins = state["input_means"].numel() // 4
-        layers = len([k for k in state if k.startswith("drums_lstm.weight_ih_l") and "reverse" not in k])
-        return {
-            "n_fft": (bins - 1) * 2,
-            "hidden_channels": state["affine1.1.weight"].numel() // 4,
-            "max_bins": max_bins,
-            "nb_channels": state["affine1.0.weight"].shape[1] // max_bins,
-            "nb_layers": layers,
-        }
-    if name == "unet_attn":
-        k = state["down_convs.0.0.d2_layers.0.conv_layers.0.weight"].shape[0] // 5
-        # Files the original tool wrote carry no bias attribute and were trained with its
-        # -1e-9; files we export carry ours, so a U-Net we trained keeps its -1e9.
-        from .models.unet import ORIGINAL_PADDING_BIAS
-
-        biases = [getattr(m, "padding_bias") for _, m in scripted.named_modules() if hasattr(m, "padding_bias")]
-        original = not biases or float(biases[0]) == ORIGINAL_PADDING_BIAS
-        # The attention's widths: narrower than the paper's in the default bundle.
-        heads = [getattr(m, "n_heads") for _, m in scripted.named_modules() if hasattr(m, "n_heads")]
-        return {"max_bins": int(getattr(scripted, "max_bins", 1487)), "k": k, "original_padding_bias": original,
-                "attn_channels": state["attn.0.out_conv.weight"].shape[0],
-                "attn_d_model": state["attn.0.out_conv.weight"].shape[1],
-                "attn_heads": int(heads[0]) if heads else 8}
-    if name == "demucs_split":
-        depth = len({k.split(".")[1] for k in state if k.startswith("encoder.")})
-        return {
-            "channels": state["encoder.0.0.weight"].shape[0],
-            "depth": depth,
-            "resample": "up_sample.kernel" in state,
-            "kernel_size": state["encoder.0.0.weight"].shape[-1],
-            "stride": int(getattr(scripted, "stride", 4)),
-            "lstm_layers": len([k for k in state if k.startswith("lstm.weight_ih_l") and "reverse" not in k]),
-        }
-    raise KeyError(name)
-
-
-def load_original_file(name: str, path: str | os.PathLike) -> Tuple[nn.Module, Dict[str, Any]]:
-    """One of the original tool's files as our module for member `name` ("xumx", "unet_attn",
-    "demucs_split"; "xumx_onnx" for xumx.onnx, run by onnxruntime), and its constructor
-    arguments. A TorchScript file's state dict is loaded with `strict=True`."""
+def load_original_file(name: str, path: str | os.PathLike) -> SeparationModel:
+    """One of the original tool's files as our module for network `name` (a registry name, or
+    NAME + ONNX_SUFFIX for the ONNX form, run by onnxruntime). A TorchScript file's state
+    dict is loaded with `strict=True` into the network built with the arguments it fits."""
     path = Path(path)
-    if name == "xumx_onnx":
-        return _load_onnx_xumx(path), {}
+    if name.endswith(ONNX_SUFFIX):
+        return _load_onnx(name[: -len(ONNX_SUFFIX)], path)
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
@@ -298,19 +258,20 @@ def load_original_file(name: str, path: str | os.PathLike) -> Tuple[nn.Module, D
         raise BundleError(f"{path}: not a readable TorchScript file ({first})") from None
     state = dict(scripted.state_dict())
     try:
-        kwargs = _infer_original_kwargs(name, state, scripted)
-        model = models.build(name, **kwargs)
+        network = models.get(name)
+        model = network(**network.original_kwargs(state, scripted))
         model.load_state_dict(state, strict=True)
     except (KeyError, RuntimeError, IndexError) as exc:
         raise BundleError(f"{path}: weights do not fit {name} ({type(exc).__name__}: {exc})") from None
-    return model.eval(), kwargs
+    return model.eval()
 
 
 def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
     """Load the original tool's TorchScript checkpoints into our modules.
 
     The files' state dicts are loaded into our classes with `strict=True`; our modules
-    then run them (with the U-Net's original attention padding bias).
+    then run them (with whatever the files say of how they were trained, such as an
+    attention padding bias).
     """
     from .download import fetch_command
 
@@ -321,47 +282,48 @@ def load_original(folder: str | os.PathLike, fast: bool = False) -> Bundle:
     table = FAST_BLEND if fast else PAPER_BLEND
     members = []
     for name, blend in table.items():
-        path = root / ORIGINAL_FILES[name]
-        onnx_path = root / ORIGINAL_XUMX_ONNX
-        if name == "xumx" and not path.is_file() and onnx_path.is_file():
-            members.append(Member(name=name, model=_load_onnx_xumx(onnx_path), blend=dict(blend), kwargs={}))
+        network = models.get(name)
+        path = root / str(network.original_file)
+        onnx = network.original_onnx
+        if onnx and not path.is_file() and (root / onnx).is_file():
+            members.append(Member(_load_onnx(name, root / onnx), dict(blend)))
             continue
         if not path.is_file():
-            hint = f"or {ORIGINAL_XUMX_ONNX}; {fetch_command(root)} fetches them, or use --fast to skip X-UMX" \
-                if name == "xumx" else f"{fetch_command(root, fast)} fetches it"
+            hint = f"or {onnx}; {fetch_command(root)} fetches them, or use --fast to skip {name}" \
+                if onnx else f"{fetch_command(root, fast)} fetches it"
             raise BundleError(f"{path}: checkpoint missing ({hint})")
-        model, kwargs = load_original_file(name, path)
-        members.append(Member(name=name, model=model, blend=dict(blend), kwargs=kwargs))
+        members.append(Member(load_original_file(name, path), dict(blend)))
     return Bundle(members=members, sources=list(SOURCES), origin=str(root))
 
 
-def _export_onnx(model: nn.Module, path: str) -> None:
-    """X-UMX to ONNX with a variable number of frames (needs the `onnx` package)."""
+def _export_onnx(model: SeparationModel, path: str) -> None:
+    """A spectrogram model to ONNX with a variable number of frames (needs the `onnx` package)."""
     import warnings
 
-    example = torch.rand(1, 2, 2049, 16)
+    example = torch.rand(1, model.audio_channels, 2049, 16)  # the original tool's STFT: 2049 bins
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated but handles LSTMs
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), path, dynamo=False, input_names=["magnitude"], output_names=["mask"],
-            dynamic_axes={"magnitude": {3: "frames"}, "mask": {4: "frames"}}, opset_version=17,
+            model, (example,), path, dynamo=False, input_names=[model.input_domain], output_names=[model.output_kind],
+            dynamic_axes={model.input_domain: {3: "frames"}, model.output_kind: {4: "frames"}}, opset_version=17,
         )
 
 
-def export_original(bundle: Bundle, folder: str | os.PathLike, xumx_onnx: bool = False) -> Path:
-    """Write a bundle's X-UMX / U-Net / Demucs members as TorchScript files with the original
-    names; with `xumx_onnx`, X-UMX goes to `xumx.onnx` instead."""
+def export_original(bundle: Bundle, folder: str | os.PathLike, onnx: bool = False) -> Path:
+    """Write a bundle's members as TorchScript files with the original tool's names; with
+    `onnx`, a member whose network has an ONNX form there goes to that file instead."""
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     for member in bundle.members:
-        if member.name not in ORIGINAL_FILES:
+        network = type(member.model)
+        if network.original_file is None:
             raise BundleError(f"{member.name} has no place in the original tool's checkpoint folder")
-        onnx = xumx_onnx and member.name == "xumx"
-        final = root / (ORIGINAL_XUMX_ONNX if onnx else ORIGINAL_FILES[member.name])
+        as_onnx = onnx and network.original_onnx is not None
+        final = root / str(network.original_onnx if as_onnx else network.original_file)
         fd, temp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=root)
         os.close(fd)
         try:
-            if onnx:
+            if as_onnx:
                 _export_onnx(member.model.eval(), temp)
             else:
                 torch.jit.script(member.model).save(temp)

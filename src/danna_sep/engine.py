@@ -14,7 +14,7 @@ segment at `shifts` random offsets of up to `max_shift` seconds and averages.
 `pipeline="original"` replays the original Danna-Sep tool's separation instead, on the
 whole track at once (memory grows with the track): 1024 zeros appended to the track before
 every model; spectrogram models over the whole track (a model whose class sets
-`original_chunk_frames`, the U-Net, in non-overlapping chunks of that many frames), then
+`original_chunk_frames` in non-overlapping chunks of that many frames), then
 one Wiener filter over the whole track with norbert's default epsilon (float64's) and its
 max|x|/10 scaling taken over the track; waveform models on the track with 0.5 s of zeros
 before it (the original's shift trick with one shift, offset 0) and their output clamped
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from . import spectral
+from .models.base import contract_of
 from .wiener import DEFAULT_EPS, apply_wiener, frame_statistics, wiener_from_statistics
 
 log = logging.getLogger(__name__)
@@ -186,12 +187,13 @@ class ModelRunner:
             options = replace(options, precision=precision)
         self.device = device
         self.options = options
-        self.sources: List[str] = list(model.sources)
-        self.input_domain: str = model.input_domain
-        self.output_kind: str = model.output_kind
-        self.samplerate: int = int(getattr(model, "samplerate", 44100))
+        contract = contract_of(model)
+        self.sources: List[str] = contract.sources
+        self.input_domain: str = contract.input_domain
+        self.output_kind: str = contract.output_kind
+        self.samplerate: int = contract.samplerate
         # Frames per call in the original tool's pipeline (None: the whole track at once).
-        self.original_chunk_frames: Optional[int] = getattr(model, "original_chunk_frames", None)
+        self.original_chunk_frames: Optional[int] = contract.original_chunk_frames
         # Track-level Wiener statistics (EngineOptions.wiener_statistics == "track"): sums
         # gathered by `collect`, used by the next pass when `statistics_ready`.
         self.statistics: Optional[List] = None
@@ -250,8 +252,8 @@ class ModelRunner:
         out = self._masks(mag, chunk)
         if self.output_kind == "mask":
             estimates = out * mag.unsqueeze(1)
-        else:  # a single-target magnitude model: (1, channels, bins, frames)
-            estimates = out if out.dim() == 5 else out.unsqueeze(1)
+        else:  # a magnitude model estimates one target: (1, channels, bins, frames)
+            estimates = out.unsqueeze(1)
         return mix_stft, estimates, padded
 
     def uses_track_statistics(self) -> bool:
@@ -295,7 +297,7 @@ class ModelRunner:
             return spectral.istft(filtered.permute(3, 2, 1, 0), padded)[..., :length]
         # A source estimated alone would get a Wiener mask of 1, the whole mixture, whatever
         # the model said: filter it against the residual (the mixture minus the estimate),
-        # as Open-Unmix does for one target, and keep the target.
+        # as the single-target networks' own separators do, and keep the target.
         single = estimates.shape[1] == 1
         filtered = apply_wiener(
             estimates,

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from . import models
-from .bundle import FAST_BLEND, ORIGINAL_FILES, PAPER_BLEND, Bundle, BundleError, Member, export_original, save_bundle
+from .bundle import Bundle, BundleError, Member, export_original, save_bundle
 from .errors import USAGE, DannaSepError
-from .models import SOURCES
+from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
 from .progress import TaskProgressFn
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,13 @@ def _blend_error(message: str) -> ExportError:
 class TrainedModel:
     """A model rebuilt from a checkpoint, with where it came from."""
 
-    name: str
-    kwargs: Dict[str, Any]
-    model: Any
+    model: SeparationModel
     source: Path
     metadata: Dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.model.name
 
 
 def read_trained(path: str | os.PathLike) -> TrainedModel:
@@ -85,7 +87,7 @@ def read_trained(path: str | os.PathLike) -> TrainedModel:
         "config": state.get("config"),
         "versions": state.get("versions", {}),
     }
-    return TrainedModel(name, kwargs, model, path, metadata)
+    return TrainedModel(model, path, metadata)
 
 
 def _parse_blend_text(text: str) -> Any:
@@ -161,9 +163,9 @@ def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: 
     if len(anchor.members) != len(trained):
         raise ExportError(f"{where}: {len(anchor.members)} models, but {len(trained)} were given to export")
     for t, member in zip(trained, anchor.members):
-        if (member.name, member.kwargs) != (t.name, t.kwargs):
-            raise ExportError(f"{where}: {member.name}({member.kwargs}) cannot be interpolated with "
-                              f"{t.source}'s {t.name}({t.kwargs})")
+        if (member.name, member.model.config) != (t.name, t.model.config):
+            raise ExportError(f"{where}: {member.name}({member.model.config}) cannot be interpolated with "
+                              f"{t.source}'s {t.name}({t.model.config})")
         ours, theirs = t.model.state_dict(), member.model.state_dict()
         mixed = {}
         for key, value in ours.items():
@@ -209,7 +211,7 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
         total = sum(t.get(source, 0.0) for t in tables)
         if total and abs(total - 1.0) > 1e-6:
             log.warning("blend weights of %s sum to %.4g, not 1", source, total)
-    members = [Member(name=t.name, model=t.model, blend=table, kwargs=t.kwargs) for t, table in zip(trained, tables)]
+    members = [Member(t.model, table) for t, table in zip(trained, tables)]
     return members, [t.metadata for t in trained], fitted
 
 
@@ -240,13 +242,14 @@ def export_torchscript(paths: Sequence[str | os.PathLike], out: str | os.PathLik
     members, _, _ = members_from_checkpoints(paths, "equal")
     folder = Path(out)
     names = [m.name for m in members]
-    for name in names:
-        if name not in ORIGINAL_FILES:
-            raise ExportError(f"{name}: the original tool has no file for this model "
-                              f"(only {', '.join(ORIGINAL_FILES)})")
+    files = [type(m.model).original_file for m in members]
+    for name, file in zip(names, files):
+        if file is None:
+            known = [n for n in models.names() if models.get(n).original_file]
+            raise ExportError(f"{name}: the original tool has no file for this model (only {', '.join(known)})")
     if len(set(names)) != len(names):
         raise ExportError(f"{folder}: the original tool holds one model of each kind, got {', '.join(names)}")
-    existing = [folder / ORIGINAL_FILES[n] for n in names if (folder / ORIGINAL_FILES[n]).exists()]
+    existing = [folder / str(f) for f in files if (folder / str(f)).exists()]
     if existing and not force:
         raise ExportError(f"{existing[0]}: already exists (use --force to overwrite)")
     return export_original(Bundle(members=members, sources=list(SOURCES)), folder)

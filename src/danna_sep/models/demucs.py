@@ -4,12 +4,13 @@ Both pad the input to a length every strided convolution divides exactly and tri
 output back, so the output has exactly as many samples as the input.
 """
 
-from typing import List
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .base import SeparationModel
 from .common import SAMPLERATE, SOURCES, FractionalResample, center_trim, rescale_conv_weights, standardize
 
 
@@ -26,13 +27,19 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-class DemucsSplit(nn.Module):
+class DemucsSplit(SeparationModel):
     """Waveform `(batch, 2, time)` -> sources `(batch, 4, 2, time)`.
 
     One shared encoder and LSTM; each source owns a decoder of width C/2 per level.
     Input is normalised by its mono mean and std inside, resampled x2 before the encoder
     and back after the decoder.
     """
+
+    name = "demucs_split"
+    network = "Demucs, one decoder per source"
+    input_domain = "waveform"
+    output_kind = "waveform"
+    original_file = "demucs_4_decoders.pth"
 
     depth: int
     kernel_size: int
@@ -57,8 +64,6 @@ class DemucsSplit(nn.Module):
         self.sources: List[str] = list(SOURCES)
         self.samplerate = SAMPLERATE
         self.audio_channels = 2
-        self.input_domain = "waveform"
-        self.output_kind = "waveform"
         n_src = len(SOURCES)
 
         self.up_sample: nn.Module = FractionalResample(1, 2) if resample else nn.Identity()
@@ -87,6 +92,17 @@ class DemucsSplit(nn.Module):
         self.lstm = nn.LSTM(in_channels, in_channels, lstm_layers, bidirectional=True)
         self.lstm_linear = nn.Linear(in_channels * 2, in_channels * 2)
         rescale_conv_weights(self, rescale)
+
+    @classmethod
+    def original_kwargs(cls, state: Mapping[str, torch.Tensor], scripted: Any) -> Dict[str, Any]:
+        return {
+            "channels": state["encoder.0.0.weight"].shape[0],
+            "depth": len({k.split(".")[1] for k in state if k.startswith("encoder.")}),
+            "resample": "up_sample.kernel" in state,
+            "kernel_size": state["encoder.0.0.weight"].shape[-1],
+            "stride": int(getattr(scripted, "stride", 4)),
+            "lstm_layers": len([k for k in state if k.startswith("lstm.weight_ih_l") and "reverse" not in k]),
+        }
 
     def valid_length(self, length: int) -> int:
         """Smallest input length >= `length` that every strided convolution divides exactly."""
@@ -122,7 +138,7 @@ class DemucsSplit(nn.Module):
         return x.reshape(batch, 4, 2, length)
 
 
-class DemucsV1(nn.Module):
+class DemucsV1(SeparationModel):
     """Demucs v1: waveform `(batch, channels, time)` -> sources `(batch, sources, channels, time)`.
 
     Encoder Conv1d(k, s) -> ReLU -> Conv1d(1x1, 2C) -> GLU; a 2-layer BLSTM with a linear
@@ -132,6 +148,11 @@ class DemucsV1(nn.Module):
     With `normalize=True` the input is standardised by its mono mean and std inside
     (so the model can be used on raw audio); the v1 recipe also z-scores each song.
     """
+
+    name = "demucs_v1"
+    network = "Demucs v1"
+    input_domain = "waveform"
+    output_kind = "waveform"
 
     depth: int
     kernel_size: int
@@ -166,8 +187,6 @@ class DemucsV1(nn.Module):
         self.n_channels = audio_channels
         self.samplerate = SAMPLERATE
         self.audio_channels = audio_channels
-        self.input_domain = "waveform"
-        self.output_kind = "waveform"
 
         encoder, decoder = [], []
         in_channels = audio_channels

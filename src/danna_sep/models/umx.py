@@ -5,21 +5,28 @@ input_mean, input_scale, output_mean, output_scale), so its state dicts load wit
 `strict=True`.
 """
 
-from typing import List
+from typing import Dict, List, Mapping
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .base import SeparationModel
 from .common import SAMPLERATE
 
 
-class OpenUnmix(nn.Module):
+class OpenUnmix(SeparationModel):
     """Magnitude `(batch, channels, bins, frames)` -> magnitude estimate of one target, same shape.
 
     The network predicts a non-negative mask internally and returns mask * input, as
     open-unmix does (`output_kind == "magnitude"`).
     """
+
+    name = "umx"
+    network = "Open-Unmix, one target"
+    input_domain = "magnitude"
+    output_kind = "magnitude"
+    takes_input_statistics = True
 
     max_bin: int
     nb_bins: int
@@ -43,8 +50,8 @@ class OpenUnmix(nn.Module):
         self.sources: List[str] = [target]
         self.samplerate = samplerate
         self.audio_channels = nb_channels
-        self.input_domain = "magnitude"
-        self.output_kind = "magnitude"
+        self.input_bins = self.max_bin
+        self.output_bins = nb_bins
 
         self.fc1 = nn.Linear(self.max_bin * nb_channels, hidden_size, bias=False)
         self.bn1 = nn.BatchNorm1d(hidden_size)
@@ -67,6 +74,19 @@ class OpenUnmix(nn.Module):
         self.input_scale = nn.Parameter(torch.ones(self.max_bin))
         self.output_scale = nn.Parameter(torch.ones(nb_bins))
         self.output_mean = nn.Parameter(torch.ones(nb_bins))
+
+    def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.input_mean.copy_(-mean[: self.max_bin])
+            self.input_scale.copy_(1.0 / std[: self.max_bin])
+
+    def adopt_state(self, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """An `openunmix` target's file (umxhq, umxl) loses the keys that are not the network's."""
+        if "fc1.weight" in state:
+            from ..convert import umx_from_openunmix  # the converters import this package
+
+            return umx_from_openunmix(state, target=self.sources[0])[1]
+        return dict(state)
 
     def forward(self, mag: torch.Tensor) -> torch.Tensor:
         batch, channels, bins, frames = mag.shape

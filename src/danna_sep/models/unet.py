@@ -4,12 +4,13 @@ Module and parameter names follow the original model so that the state dict of i
 TorchScript file loads with `strict=True`.
 """
 
-from typing import List
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .base import SeparationModel
 from .common import SAMPLERATE, SOURCES
 
 # The original added -1e-9 (meant to be -1e9) to the logits of padded memory positions,
@@ -154,33 +155,36 @@ class LocalAttention2d(nn.Module):
         return self.out_conv(out[..., :frames])
 
 
-class UNetAttn(nn.Module):
+class UNetAttn(SeparationModel):
     """Magnitude `(batch, 2, bins, frames)` -> sigmoid masks `(batch, 4, 2, bins, frames)`.
 
     Looks at the first `max_bins` bins; the mask of higher bins (and of the last frames
     the decoder cannot reach) is 0.25. Frames are padded to a multiple of 64 inside.
     """
 
+    name = "unet_attn"
+    network = "U-Net of D3 blocks, 2D local attention"
+    input_domain = "magnitude"
+    output_kind = "mask"
+    original_file = "unet_attention.pth"
+    # The original Danna-Sep tool ran the U-Net over a track in non-overlapping calls of
+    # this many frames (engine's pipeline="original").
+    original_chunk_frames = 2584
+
     max_bins: int
-    output_bins: int
     time_multiple: int
-    original_chunk_frames: int
 
     def __init__(self, max_bins: int = 1487, k: int = 12, original_padding_bias: bool = False,
                  attn_channels: int = 256, attn_d_model: int = 128, attn_heads: int = 8):
         super().__init__()
         levels = 6
         self.max_bins = max_bins
+        self.input_bins = max_bins
         self.output_bins = max_bins  # masks above are the constant 0.25 (see forward)
         self.time_multiple = 2**levels
         self.sources: List[str] = list(SOURCES)
         self.samplerate = SAMPLERATE
         self.audio_channels = 2
-        self.input_domain = "magnitude"
-        self.output_kind = "mask"
-        # The original Danna-Sep tool ran the U-Net over a track in non-overlapping calls of
-        # this many frames (engine's pipeline="original").
-        self.original_chunk_frames = 2584
         bias = ORIGINAL_PADDING_BIAS if original_padding_bias else PADDING_BIAS
 
         widths: List[int] = []
@@ -228,6 +232,25 @@ class UNetAttn(nn.Module):
             nn.ReLU(inplace=True),
             nn.Conv2d(concat, 8, 3, padding=2, dilation=2),
         )
+
+    @classmethod
+    def original_kwargs(cls, state: Mapping[str, torch.Tensor], scripted: Any) -> Dict[str, Any]:
+        def first(attribute: str) -> Any:
+            found = [getattr(m, attribute) for _, m in scripted.named_modules() if hasattr(m, attribute)]
+            return found[0] if found else None
+
+        # Files the original tool wrote carry no bias attribute and were trained with its
+        # -1e-9; files we export carry ours, so a U-Net we trained keeps its -1e9.
+        bias = first("padding_bias")
+        heads = first("n_heads")  # the attention's widths: narrower in the default bundle
+        return {
+            "max_bins": int(getattr(scripted, "max_bins", 1487)),
+            "k": state["down_convs.0.0.d2_layers.0.conv_layers.0.weight"].shape[0] // 5,
+            "original_padding_bias": bias is None or float(bias) == ORIGINAL_PADDING_BIAS,
+            "attn_channels": state["attn.0.out_conv.weight"].shape[0],
+            "attn_d_model": state["attn.0.out_conv.weight"].shape[1],
+            "attn_heads": 8 if heads is None else int(heads),
+        }
 
     def forward(self, mag: torch.Tensor) -> torch.Tensor:
         batch, channels, bins, frames = mag.shape

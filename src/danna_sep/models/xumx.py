@@ -5,19 +5,28 @@ The four per-source encoders and decoders are packed into grouped 1x1 convolutio
 TorchScript state dict loads with `strict=True`.
 """
 
-from typing import List
+from typing import Any, Dict, List, Mapping
 
 import torch
 from torch import nn
 
+from .base import SeparationModel
 from .common import SAMPLERATE, SOURCES
 
 
-class XUMX(nn.Module):
+class XUMX(SeparationModel):
     """Magnitude `(batch, channels, bins, frames)` -> masks `(batch, 4, channels, bins, frames)`.
 
     Sources in the order drums, bass, other, vocals. bins = n_fft // 2 + 1.
     """
+
+    name = "xumx"
+    network = "X-UMX (CrossNet-Open-Unmix)"
+    input_domain = "magnitude"
+    output_kind = "mask"
+    takes_input_statistics = True
+    original_file = "xumx_mwf.pth"
+    original_onnx = "xumx.onnx"
 
     max_bins: int
     nb_output_bins: int
@@ -41,8 +50,8 @@ class XUMX(nn.Module):
         self.sources: List[str] = list(SOURCES)
         self.samplerate = SAMPLERATE
         self.audio_channels = nb_channels
-        self.input_domain = "magnitude"
-        self.output_kind = "mask"
+        self.input_bins = max_bins
+        self.output_bins = self.nb_output_bins
 
         self.input_means = nn.Parameter(torch.zeros(n_src * max_bins))
         self.input_scale = nn.Parameter(torch.ones(n_src * max_bins))
@@ -71,6 +80,34 @@ class XUMX(nn.Module):
             ),
             nn.BatchNorm1d(nb_channels * self.nb_output_bins * n_src),
         )
+
+    def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Every source's branch reads the mixture normalised alike: -mean and 1/std."""
+        n_src = len(self.sources)
+        with torch.no_grad():
+            self.input_means.copy_((-mean[: self.max_bins]).repeat(n_src))
+            self.input_scale.copy_((1.0 / std[: self.max_bins]).repeat(n_src))
+
+    def adopt_state(self, state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """asteroid's X-UMX layout (the official `pretrained_xumx_musdb18HQ.pth`) is converted."""
+        if any(key.startswith("layer_enc.") for key in state):
+            from ..convert import xumx_from_asteroid  # the converters import this package
+
+            return xumx_from_asteroid(state)[1]
+        return dict(state)
+
+    @classmethod
+    def original_kwargs(cls, state: Mapping[str, torch.Tensor], scripted: Any) -> Dict[str, Any]:
+        n_src = len(SOURCES)
+        bins = state["output_means"].numel() // n_src
+        max_bins = state["input_means"].numel() // n_src
+        return {
+            "n_fft": (bins - 1) * 2,
+            "hidden_channels": state["affine1.1.weight"].numel() // n_src,
+            "max_bins": max_bins,
+            "nb_channels": state["affine1.0.weight"].shape[1] // max_bins,
+            "nb_layers": len([k for k in state if k.startswith("drums_lstm.weight_ih_l") and "reverse" not in k]),
+        }
 
     @staticmethod
     def _lstm(hidden: int, layers: int) -> nn.LSTM:

@@ -36,8 +36,9 @@ class ModelConfig:
     kwargs: Dict[str, Any] = field(default_factory=dict)
     """Constructor arguments; saved with every checkpoint and bundle."""
     input_statistics: bool = False
-    """Set the input normalisation (input_mean / input_scale) of `umx` / `xumx` from the
-    training set: mean and std of the channel-averaged magnitudes, std floored at 1e-4 * max."""
+    """Set the model's input normalisation from the training set (models whose class
+    `takes_input_statistics`): mean and std of the channel-averaged magnitudes, std floored
+    at 1e-4 * max."""
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DataConfig:
     augment: List[AugmentSpec] = field(default_factory=list)
     """Batch augmentations, in order (`danna_sep.data.build_augment`)."""
     normalize: Literal["none", "song"] = "none"
-    """"song": z-score each source by the mean and std of its song's mono mixture (Demucs v1)."""
+    """"song": z-score each source by the mean and std of its song's mono mixture (the recipe of Défossez et al. 2019)."""
     valid_subset: Optional[Literal["train", "test"]] = "train"
     valid_split: Optional[Literal["train", "valid"]] = "valid"
     valid_segment_seconds: Optional[float] = None
@@ -249,6 +250,8 @@ def _check(config: Config, source: str) -> None:
 
     if config.model.name not in models.names():
         fail(f"model.name: unknown model {config.model.name!r}; known: {', '.join(models.names())}")
+    if config.model.input_statistics and not models.get(config.model.name).takes_input_statistics:
+        fail(f"model.input_statistics: {config.model.name} has no input normalisation to set")
     t, d, o, s, loss = config.train, config.data, config.optim, config.schedule, config.loss
     positive = {
         "train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.accumulation": t.accumulation,

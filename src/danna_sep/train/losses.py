@@ -1,15 +1,16 @@
 """Training losses of the Danna-Sep recipes, and the MDX SDR used to validate.
 
-- `closs`: the X-UMX "combination" loss as Danna-Sep trains it. Source estimates are the
-  mixture STFT filtered by the model's masks, optionally refined by the differentiable
-  multichannel Wiener filter (1 EM iteration for X-UMX, none for the U-Net). The loss is
+- `closs`: the "combination" loss of CrossNet (Sawata et al. 2021) as Danna-Sep trains
+  it. Source estimates are the mixture STFT filtered by the model's masks, optionally
+  refined by the differentiable multichannel Wiener filter (the recipes: 1 EM iteration, or
+  none). The loss is
 
       complex MSE over the 14 non-empty proper subsets of the 4 sources
       + mcoeff * (1 + mean weighted SDR over the same 14 subsets, in the time domain)
 
   where each subset's signal is the sum of its sources' signals.
-- `waveform_l1` / `waveform_l2`: Demucs' losses on waveforms.
-- `magnitude_mse`: Open-Unmix's MSE on magnitude spectrograms.
+- `waveform_l1` / `waveform_l2`: losses on waveforms (Défossez et al. 2019).
+- `magnitude_mse`: MSE on magnitude spectrograms (Stöter et al. 2019).
 - `masked_magnitude_mse` (`mse_mask`): the same MSE for a mask model, on mask * |mixture|
   of every source; no inverse STFT and no subsets, so a step costs a fraction of `closs`
   (the default bundle's recipes, trained on two CPU cores).
@@ -97,7 +98,7 @@ def weighted_sdr(estimate: torch.Tensor, reference: torch.Tensor, mixture: torch
     """Weighted SDR of each row `(..., samples)` -> `(...)`, between -1 (perfect) and 1.
 
     -a cos(s, s_hat) - (1 - a) cos(n, n_hat), with the noise n = mixture - s, its estimate
-    n_hat = mixture - s_hat and a = |s|^2 / (|s|^2 + |n|^2 + eps) (Choi et al., used by X-UMX).
+    n_hat = mixture - s_hat and a = |s|^2 / (|s|^2 + |n|^2 + eps) (Choi et al., used by CrossNet).
     """
     noise = mixture - reference
     noise_hat = mixture - estimate

@@ -37,7 +37,7 @@ from torch import nn
 from .. import SAMPLERATE, __version__, models, spectral
 from ..distributed import leave_process_group
 from ..errors import DannaSepError
-from ..models import SOURCES
+from ..models import SOURCES, SeparationModel
 from ..progress import TaskProgressFn
 from . import losses as L
 from .checkpoint import (
@@ -166,9 +166,10 @@ class _Progress:
 
 # --- model helpers -----------------------------------------------------------------------
 
-def load_initial_weights(model: nn.Module, name: str, kwargs: Dict[str, Any], path: str | os.PathLike) -> None:
-    """Load `path` into `model`: our checkpoints, bundle safetensors, or upstream X-UMX / UMX files."""
-    from ..convert import CheckpointError, load_state_file, umx_from_openunmix, xumx_from_asteroid
+def load_initial_weights(model: SeparationModel, path: str | os.PathLike) -> None:
+    """Load `path` into `model`: our checkpoints, bundle safetensors, or a file in an upstream
+    layout the model adopts (`SeparationModel.adopt_state`)."""
+    from ..convert import CheckpointError, load_state_file
 
     path = Path(path)
     if not path.is_file():
@@ -187,18 +188,14 @@ def load_initial_weights(model: nn.Module, name: str, kwargs: Dict[str, Any], pa
         except CheckpointError as exc:
             raise TrainError(str(exc)) from None
     try:
-        if name == "xumx" and any(k.startswith("layer_enc.") for k in state):
-            converted_kwargs, state = xumx_from_asteroid(state)
-            log.info("%s: converted from asteroid's X-UMX layout (%s)", path, converted_kwargs)
-        elif name == "umx" and "fc1.weight" in state:
-            _, state = umx_from_openunmix(state, target=model.sources[0])
+        state = model.adopt_state(state)
     except CheckpointError as exc:
         raise TrainError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise TrainError(f"{path}: weights do not fit {name}({kwargs}): {first}") from None
+        raise TrainError(f"{path}: weights do not fit {model.name}({model.config}): {first}") from None
 
 
 @torch.no_grad()
@@ -206,7 +203,7 @@ def input_statistics(tracks: Sequence[Any], max_bin: int, chunk_seconds: float =
                      progress: Optional[TaskProgressFn] = None) -> tuple:
     """Mean and std per bin of the channel-averaged mixture magnitudes of `tracks` `(bins,)`.
 
-    The std is floored at 1e-4 times its maximum, as open-unmix does, so silent bins do not
+    The std is floored at 1e-4 times its maximum, as Stöter et al. 2019 do, so silent bins do not
     blow up the input scale. Tracks are read in chunks of `chunk_seconds`.
     """
     total = torch.zeros(max_bin, dtype=torch.float64)
@@ -257,20 +254,6 @@ def song_statistics(tracks: Sequence[Any], chunk_seconds: float = 60.0) -> torch
         out[index, 0] = mean
         out[index, 1] = std + 1e-5
     return out
-
-
-def apply_input_statistics(model: nn.Module, name: str, mean: torch.Tensor, std: torch.Tensor) -> None:
-    """Store -mean and 1/std in the model's input normalisation (umx, or every source of xumx)."""
-    with torch.no_grad():
-        if name == "umx":
-            model.input_mean.copy_(-mean[: model.input_mean.numel()])
-            model.input_scale.copy_(1.0 / std[: model.input_scale.numel()])
-        elif name == "xumx":
-            n_src = len(model.sources)
-            model.input_means.copy_((-mean[: model.max_bins]).repeat(n_src))
-            model.input_scale.copy_((1.0 / std[: model.max_bins]).repeat(n_src))
-        else:
-            raise ConfigError(f"model.input_statistics: {name} has no input normalisation to set")
 
 
 def _check_loss_fits(config: Config, model: nn.Module, source: str) -> None:
@@ -379,11 +362,10 @@ class Trainer:
         self._prepare_run_dir(resume, force)
         if m.input_statistics and not resume and weights is None and self.dist.main:
             # Other ranks receive the statistics with the weights DDP broadcasts from rank 0.
-            max_bin = getattr(self.model, "max_bin", getattr(self.model, "max_bins", 0))
-            mean, std = input_statistics(self.train_tracks, max_bin, progress=self.report)
-            apply_input_statistics(self.model, m.name, mean, std)
+            mean, std = input_statistics(self.train_tracks, self.model.input_bins, progress=self.report)
+            self.model.set_input_statistics(mean, std)
         if weights is not None and not resume:
-            load_initial_weights(self.model, m.name, m.kwargs, weights)
+            load_initial_weights(self.model, weights)
         elif weights is not None:
             log.warning("--weights %s ignored: --resume continues from %s", weights, self.paths.last)
         self.model.to(self.device)
@@ -478,7 +460,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------
 
     def _model_entry(self) -> Dict[str, Any]:
-        return {"name": self.config.model.name, "kwargs": dict(self.config.model.kwargs)}
+        return {"name": self.model.name, "kwargs": dict(self.model.config)}
 
     def _state_dict_cpu(self) -> Dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -600,7 +582,7 @@ class Trainer:
             yield self._normalize(indices, batch)
 
     def _normalize(self, indices: Sequence[int], batch: torch.Tensor) -> torch.Tensor:
-        """Demucs v1's z-score: each source scaled by the mono mean and std of its own song's mixture.
+        """The z-score of Défossez et al. 2019: each source scaled by the mono mean and std of its own song's mixture.
 
         (With remixing, the sources of an example come from different songs.) The mean is
         shared out over the sources so that they still sum to the normalised mixture.
@@ -644,16 +626,16 @@ class Trainer:
         return L.LossResult(L.magnitude_mse(out, reference), {})
 
     def _masked_mse(self, sources: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """`mse_mask` on the bins the model learns (`output_bins`, all when absent): the
-        U-Net's masks above its `max_bins` are a constant and carry no gradient."""
-        bins = getattr(self.model, "output_bins", None)
+        """`mse_mask` on the bins the model learns (`output_bins`): masks above them (a
+        constant, where a network reads fewer bins than it returns) carry no gradient."""
+        bins = self.model.output_bins
         target_stft = spectral.stft(targets)[..., :bins, :]
         if len(self.source_index) == sources.shape[1]:
             # The STFT is linear: the mixture's is the sum of the sources', one transform fewer.
             mix_stft = target_stft.sum(dim=1)
         else:
             mix_stft = spectral.stft(sources.sum(dim=1))[..., :bins, :]
-        magnitude = mix_stft.abs()  # the U-Net reads only its first max_bins bins anyway
+        magnitude = mix_stft.abs()  # a network reading fewer bins ignores the rest anyway
         with self._autocast():
             masks = self.ddp(magnitude)
         masks = masks.float()
