@@ -18,7 +18,6 @@ redone.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -29,21 +28,12 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Union
 
 from .errors import UsageError
+from .hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 STATUSES = ("done", "skipped", "failed")
-_CHUNK = 1 << 20
-
-
-def file_sha256(path: PathLike) -> str:
-    """The sha256 of a file's bytes, as hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def track_key(path: PathLike) -> str:

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from ..manifest import Manifest, TrackRecord, file_sha256, track_key
+from ..hashing import file_sha256
+from ..manifest import Manifest, TrackRecord, track_key
 from .batch import Share
 
 log = logging.getLogger(__name__)
