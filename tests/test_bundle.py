@@ -303,3 +303,64 @@ def test_loading_builds_on_meta_but_keeps_state_outside_the_state_dict(tmp_path,
     assert torch.equal(loaded.window, torch.hann_window(8))
     assert torch.equal(loaded.linear.weight, original.linear.weight)
     assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
+
+
+# --- bundle.json is checked key by key (danna_sep.schema) ------------------------------------
+
+def _edited(tmp_path, edit):
+    """A copy of the old-format fixture bundle with its manifest edited by `edit(manifest)`."""
+    folder = tmp_path / "edited"
+    folder.mkdir()
+    source = Path(__file__).resolve().parent / "data" / "old-formats" / "bundle-v1"
+    for path in source.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    manifest = json.loads((folder / "bundle.json").read_text())
+    edited = edit(manifest)
+    (folder / "bundle.json").write_text(edited if isinstance(edited, str) else json.dumps(manifest))
+    return folder
+
+
+def _set(path, value):
+    def edit(manifest):
+        *parents, last = path
+        target = manifest
+        for key in parents:
+            target = target[key]
+        if value is KeyError:
+            del target[last]
+        else:
+            target[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit,words", [
+    (_set(["models", 1, "sha256"], 5), "models[1].sha256: expected string, got 5"),
+    (_set(["models", 0, "weights"], KeyError), "missing key models[0].weights"),
+    (_set(["models", 2, "blnd"], {}), "unknown key models[2].blnd (known in models[2]: name, kwargs, weights"),
+    (_set(["models", 3, "name"], "demucs_v2"), "models[3].name: unknown model 'demucs_v2'; known: xumx"),
+    (_set(["models", 0, "blend", "vox"], 0.5), "models[0].blend.vox: not one of the bundle's sources"),
+    (_set(["models", 0, "blend", "bass"], "half"), "models[0].blend.bass: expected number, got \"half\""),
+    (_set(["models", 1, "kwargs", "chanels"], 4), "models[1].kwargs do not fit demucs_split: "),
+    (_set(["models", 0, "kwargs"], [1, 2]), "models[0].kwargs: expected object, got [1, 2]"),
+    (_set(["models"], []), "lists no models"),
+    (_set(["samplerate"], 48000), "samplerate: 48000, but the models work at 44100 Hz"),
+    (_set(["format_version"], 2), "format_version: 2 is newer than this danna-sep reads (1)"),
+    (_set(["sources"], ["drums", "piano"]), "sources: ['drums', 'piano'] is not a selection of"),
+    (_set(["format"], "something-else"), "not a danna-sep bundle manifest"),
+    (lambda manifest: '{"format": "danna-sep-bundle",\n "models": [}', "not valid JSON (line 2, column 13"),
+])
+def test_a_malformed_manifest_is_one_line_naming_the_key(tmp_path, capsys, edit, words):
+    import soundfile as sf
+    from danna_sep.cli import main
+
+    folder = _edited(tmp_path, edit)
+    song = tmp_path / "song.wav"
+    sf.write(str(song), torch.zeros(4410, 2).numpy(), 44100)
+    out = tmp_path / "out"
+    code = main(["separate", str(song), "--bundle", str(folder), "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"danna-sep: {folder / 'bundle.json'}: "), err
+    assert words in lines[0]
+    assert not out.exists() or not any(out.rglob("*.wav"))

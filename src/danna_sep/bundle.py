@@ -24,13 +24,13 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from . import SAMPLERATE, __version__, models
+from . import SAMPLERATE, __version__, models, schema
 from .catalog import BUNDLE_FILE, ORIGINAL_FILES  # noqa: F401 - ORIGINAL_FILES: for the bundle's callers
 from .errors import DannaSepError
 from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
@@ -101,6 +101,35 @@ class Member:
 
 
 @dataclass
+class MemberEntry:
+    """One model in `bundle.json`."""
+
+    name: str
+    """Registry name."""
+    kwargs: Dict[str, Any]
+    """Constructor arguments (`model.config` when written)."""
+    weights: str
+    """The safetensors file, in the bundle folder."""
+    sha256: str
+    blend: Dict[str, float]
+    """Weight per source in the blend."""
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    """`bundle.json`. Writers may add keys of their own (export adds the members' training
+    records and a blend fit), so keys beyond these are left to them."""
+
+    OPEN_KEYS = True
+    format: str
+    format_version: int = FORMAT_VERSION
+    sources: List[str] = field(default_factory=lambda: list(SOURCES))
+    samplerate: int = SAMPLERATE
+    models: List[MemberEntry]
+    versions: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class Bundle:
     members: List[Member]
     sources: List[str]
@@ -142,21 +171,12 @@ def save_bundle(
             filename = f"{index:02d}-{member.name}.safetensors"
             state = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
             save_file(state, str(staging / filename))
-            entries.append({
-                "name": member.name,
-                "kwargs": member.model.config,
-                "weights": filename,
-                "sha256": sha256_of(staging / filename),
-                "blend": {s: float(member.blend.get(s, 0.0)) for s in sources},
-            })
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "sources": list(sources),
-            "samplerate": SAMPLERATE,
-            "models": entries,
-            "versions": {"danna_sep": __version__, "torch": torch.__version__},
-        }
+            entries.append(MemberEntry(name=member.name, kwargs=member.model.config, weights=filename,
+                                       sha256=sha256_of(staging / filename),
+                                       blend={s: float(member.blend.get(s, 0.0)) for s in sources}))
+        manifest = schema.to_json(Manifest(
+            format=FORMAT, format_version=FORMAT_VERSION, sources=list(sources), samplerate=SAMPLERATE,
+            models=entries, versions={"danna_sep": __version__, "torch": torch.__version__}))
         if extra:
             manifest.update(extra)
         (staging / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -176,30 +196,55 @@ def save_bundle(
     return target
 
 
-def _read_manifest(folder: Path) -> Dict[str, Any]:
-    path = folder / BUNDLE_FILE
+def read_manifest(folder: str | os.PathLike) -> Manifest:
+    """A bundle folder's checked `bundle.json`: a `BundleError` naming the key otherwise."""
+    path = Path(folder) / BUNDLE_FILE
     if not path.is_file():
         raise BundleError(f"{folder}: not a bundle (no {BUNDLE_FILE})")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    data = schema.read_json(path, BundleError, "bundle manifest")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise BundleError(f"{path}: not a danna-sep bundle manifest")
-    if not isinstance(manifest.get("models"), list) or not manifest["models"]:
-        raise BundleError(f"{path}: lists no models")
+    manifest = schema.from_json(Manifest, data, str(path), error=BundleError)
+
+    def fail(message: str) -> BundleError:
+        return BundleError(f"{path}: {message}")
+
+    if manifest.format_version > FORMAT_VERSION:
+        raise fail(f"format_version: {manifest.format_version} is newer than this danna-sep reads "
+                   f"({FORMAT_VERSION}); upgrade danna-sep")
+    if manifest.samplerate != SAMPLERATE:
+        raise fail(f"samplerate: {manifest.samplerate}, but the models work at {SAMPLERATE} Hz")
+    unknown = [s for s in manifest.sources if s not in SOURCES]
+    if unknown or len(set(manifest.sources)) != len(manifest.sources) or not manifest.sources:
+        raise fail(f"sources: {manifest.sources} is not a selection of {', '.join(SOURCES)}")
+    if not manifest.models:
+        raise fail("lists no models")
+    for index, entry in enumerate(manifest.models):
+        key = f"models[{index}]"
+        try:
+            models.get(entry.name)
+        except KeyError as exc:
+            raise fail(f"{key}.name: {exc.args[0]}") from None
+        for source, weight in entry.blend.items():
+            if source not in manifest.sources:
+                raise fail(f"{key}.blend.{source}: not one of the bundle's sources ({', '.join(manifest.sources)})")
+            if weight < 0:
+                raise fail(f"{key}.blend.{source}: a weight must be 0 or more, got {weight}")
     return manifest
 
 
 def _build_with_weights(name: str, kwargs: Mapping[str, Any], state: Mapping[str, torch.Tensor],
-                        weights: Path) -> SeparationModel:
+                        weights: Path, key: str) -> SeparationModel:
     """The registry model `name` holding the tensors of `state` themselves.
 
     The model is built on the meta device, so its random initial weights never take memory
     beside the loaded ones (a full-size bundle loads in half the peak memory).
     """
-    with torch.device("meta"):
-        model = models.build(name, **kwargs)
+    try:
+        with torch.device("meta"):
+            model = models.build(name, **kwargs)
+    except (TypeError, ValueError) as exc:  # arguments the constructor refuses
+        raise BundleError(f"{weights.parent / BUNDLE_FILE}: {key}.kwargs do not fit {name}: {exc}") from None
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -218,28 +263,22 @@ def load_bundle(folder: str | os.PathLike) -> Bundle:
     from safetensors.torch import load_file
 
     root = Path(folder)
-    manifest = _read_manifest(root)
-    sources = list(manifest.get("sources", SOURCES))
+    manifest = read_manifest(root)
     members = []
-    for entry in manifest["models"]:
-        name = entry.get("name")
-        try:
-            models.get(name)
-        except KeyError as exc:
-            raise BundleError(f"{root / BUNDLE_FILE}: {exc.args[0]}") from None
-        weights = root / str(entry.get("weights", ""))
+    for index, entry in enumerate(manifest.models):
+        weights = root / entry.weights
         if not weights.is_file():
             raise BundleError(f"{weights}: weights file missing")
-        if sha256_of(weights) != entry.get("sha256"):
+        if sha256_of(weights) != entry.sha256:
             raise BundleError(f"{weights}: sha256 does not match the bundle (truncated or tampered)")
         try:
             state = load_file(str(weights))
         except (SafetensorError, OSError) as exc:
             raise BundleError(f"{weights}: unreadable weights ({exc})") from None
-        model = _build_with_weights(name, dict(entry.get("kwargs", {})), state, weights)
+        model = _build_with_weights(entry.name, entry.kwargs, state, weights, f"models[{index}]")
         model.eval()
-        members.append(Member(model, dict(entry.get("blend", {}))))
-    return Bundle(members=members, sources=sources, origin=str(root))
+        members.append(Member(model, dict(entry.blend)))
+    return Bundle(members=members, sources=list(manifest.sources), origin=str(root))
 
 
 # --- the original tool's TorchScript files -------------------------------------------------

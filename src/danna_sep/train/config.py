@@ -1,22 +1,19 @@
 """Training configurations: JSON in, typed dataclasses out, resolved JSON saved with every run.
 
 A config file has the sections `model`, `data`, `loss`, `optim`, `schedule` and `train`
-(plus an optional `name` and `description`). Every key is checked once, here: an unknown key, a
-value of the wrong type or a word outside its set is a `ConfigError` whose message starts
-with the file's path and names the key.
+(plus an optional `name` and `description`). Every key is checked once, here, through the
+package's one JSON loader (`danna_sep.schema`): an unknown key, a value of the wrong type or
+a word outside its set is a `ConfigError` whose message starts with the file's path and
+names the key; `_check` adds the ranges and the rules that join keys.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
+from .. import schema
 from ..errors import USAGE, DannaSepError
 from .losses import LossKind
 
@@ -138,109 +135,6 @@ class Config:
     description: str = ""
 
 
-# --- JSON -> dataclasses ----------------------------------------------------------------
-
-def _type_name(kind: Any) -> str:
-    origin = typing.get_origin(kind)
-    if origin is Literal:
-        return " | ".join(json.dumps(a) for a in typing.get_args(kind))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(kind))
-    if kind is type(None):
-        return "null"
-    if origin in (list, List):
-        return f"list of {_type_name(typing.get_args(kind)[0])}"
-    if origin in (tuple, Tuple):
-        return f"list of {len(typing.get_args(kind))} numbers"
-    if origin in (dict, Dict):
-        return "object"
-    if dataclasses.is_dataclass(kind):
-        return "object"
-    return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(kind, str(kind))
-
-
-def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
-    """`value` checked against the annotation `kind`; ConfigError naming `key` otherwise."""
-    def bad() -> ConfigError:
-        return ConfigError(f"{source}: {key}: expected {_type_name(kind)}, got {json.dumps(value)}")
-
-    origin = typing.get_origin(kind)
-    if kind is Any:
-        return value
-    if dataclasses.is_dataclass(kind):
-        if not isinstance(value, Mapping):
-            raise bad()
-        return _build(kind, value, key + ".", source)
-    if origin in (Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise bad()
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _convert(value, option, key, source)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise bad()
-    if origin is Literal:
-        if value not in typing.get_args(kind) or isinstance(value, bool):
-            raise bad()
-        return value
-    if origin in (list, List):
-        if not isinstance(value, list):
-            raise bad()
-        (item,) = typing.get_args(kind)
-        return [_convert(v, item, f"{key}[{i}]", source) for i, v in enumerate(value)]
-    if origin in (tuple, Tuple):
-        items = typing.get_args(kind)
-        if not isinstance(value, (list, tuple)) or len(value) != len(items):
-            raise bad()
-        return tuple(_convert(v, t, f"{key}[{i}]", source) for i, (v, t) in enumerate(zip(value, items)))
-    if origin in (dict, Dict):
-        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-            raise bad()
-        return dict(value)
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad()
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad()
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad()
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise bad()
-        return value
-    raise TypeError(f"unsupported annotation {kind!r}")  # pragma: no cover - a bug in this file
-
-
-def _build(cls: type, data: Mapping[str, Any], prefix: str, source: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown key {prefix}{unknown[0]!s} (known in {prefix.rstrip('.') or 'the top level'}: "
-            f"{', '.join(fields)})"
-        )
-    values = {}
-    for name, spec in fields.items():
-        if name in data:
-            values[name] = _convert(data[name], hints[name], prefix + name, source)
-        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{source}: missing key {prefix}{name}")
-    return cls(**values)
-
-
 def _check(config: Config, source: str) -> None:
     """Value ranges and cross-field rules that types alone do not catch."""
     from .. import models
@@ -329,27 +223,14 @@ def augment_arguments(entries: List[AugmentSpec], source: str = "<config>") -> T
 
 def config_from_dict(data: Mapping[str, Any], source: str = "<config>") -> Config:
     """A checked `Config` from parsed JSON; errors start with `source`."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{source}: expected a JSON object at the top level")
-    config = _build(Config, data, "", source)
+    config = schema.from_json(Config, data, source, error=ConfigError)
     _check(config, source)
     return config
 
 
 def load_config(path: str | os.PathLike, data_root: Optional[str] = None) -> Config:
     """Read and check a JSON config file; `data_root` replaces `data.root`."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: unreadable ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-    config = config_from_dict(data, source)
+    config = config_from_dict(schema.read_json(path, ConfigError, "config file"), str(path))
     if data_root is not None:
         config.data.root = str(data_root)
     return config
@@ -357,26 +238,9 @@ def load_config(path: str | os.PathLike, data_root: Optional[str] = None) -> Con
 
 def config_to_dict(config: Config) -> Dict[str, Any]:
     """Plain JSON-ready form of a config, every default filled in (the 'resolved' config)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple):
-            return [plain(v) for v in value]
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
+    return schema.to_json(config)
 
 
 def differences(a: Config, b: Config) -> List[str]:
     """Dotted keys whose values differ between two configs."""
-    def walk(x: Any, y: Any, prefix: str) -> List[str]:
-        if isinstance(x, dict) and isinstance(y, dict):
-            out: List[str] = []
-            for key in sorted(set(x) | set(y)):
-                out.extend(walk(x.get(key), y.get(key), f"{prefix}{key}."))
-            return out
-        return [] if x == y else [prefix.rstrip(".")]
-
-    return walk(config_to_dict(a), config_to_dict(b), "")
+    return schema.differences(a, b)
