@@ -276,7 +276,8 @@ def app(space, tiny_bundle, separators):
 def test_the_page_says_what_is_wrong_with_an_upload_and_keeps_nothing(app, space):
     from danna_sep.app.page import KEEP
 
-    state, shown, box = app.receive(str(upload(space, "notes.txt", b"no music here\n" * 100)), None)
+    sent = upload(space, "notes.txt", b"no music here\n" * 100)
+    state, shown, box = app.receive({"path": str(sent), "orig_name": "notes.txt"}, None)
     assert re.fullmatch(r'<div class="dm-message dm-error" role="alert">notes\.txt: not an audio file \(.+\)</div>',
                         shown)
     assert box is None and state["input"] is None and leftovers(space) == []
@@ -284,9 +285,22 @@ def test_the_page_says_what_is_wrong_with_an_upload_and_keeps_nothing(app, space
     assert "Drop a song (or pick the example) first." in shown and box is KEEP
 
 
+def test_only_files_in_the_upload_folder_are_taken(app, space, tmp_path):
+    """The page names an upload by its path; one that Gradio's upload route did not write (a
+    file of the server's, another job's folder) is refused and left where it is."""
+    elsewhere = tmp_path / "mine.wav"
+    elsewhere.write_bytes(wav_bytes(tmp_path, 0.5))
+    token, folder = space.new_folder()
+    (folder / "input.wav").write_bytes(elsewhere.read_bytes())
+    for path in [elsewhere, folder / "input.wav", space.root / OWNER_FILE, space.root / ("0" * 64) / ".." / OWNER_FILE]:
+        state, shown, box = app.receive({"path": str(path), "orig_name": "x.wav"}, None)
+        assert "that file was not uploaded here" in shown and state["input"] is None
+    assert elsewhere.is_file() and (folder / "input.wav").is_file() and (space.root / OWNER_FILE).is_file()
+
+
 def test_a_failed_separation_is_one_message_and_leaves_nothing(app, space):
     data = EXAMPLE.read_bytes()
-    state, shown, _ = app.receive(str(upload(space, "half.mp3", data[: len(data) // 2])), None)
+    state, shown, _ = app.receive({"path": str(upload(space, "half.mp3", data[: len(data) // 2]))}, None)
     assert "half.mp3: 0:15.0, 44100 Hz. Choose the options and press Separate." in shown
     state, shown, mixer, box = app.separate(state, app.choices[0].key, "", list(SOURCES), "none", 0, "auto", "wav")
     assert re.fullmatch(r'<div class="dm-message dm-error" role="alert">half\.mp3: truncated or corrupt audio '
@@ -296,7 +310,7 @@ def test_a_failed_separation_is_one_message_and_leaves_nothing(app, space):
 
 
 def test_each_session_keeps_its_last_result_only(app, space, tmp_path):
-    state, _, _ = app.receive(str(upload(space, "tone.wav", wav_bytes(tmp_path, 1.0))), None)
+    state, _, _ = app.receive({"path": str(upload(space, "x", wav_bytes(tmp_path, 1.0))), "orig_name": "tone.wav"}, None)
     reports = []
     state, shown, first, _ = app.separate(state, app.choices[0].key, "", ["bass", "vocals"], "none", 0, "float32",
                                           "mp3", lambda fraction, desc: reports.append(desc))

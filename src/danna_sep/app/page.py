@@ -133,13 +133,21 @@ class App:
 
         threading.Thread(target=load, name="warm-up", daemon=True).start()
 
-    def receive(self, upload: Optional[str], state: Optional[Dict[str, Any]]) -> Tuple[Dict[str, Any], str, Any]:
-        """A file dropped or picked: (state, message, the file box's new value)."""
+    def receive(self, upload: Optional[Dict[str, Any]], state: Optional[Dict[str, Any]]
+                ) -> Tuple[Dict[str, Any], str, Any]:
+        """A file dropped or picked: (state, message, the file box's new value).
+
+        `upload` is what the page sent, as Gradio checked it (a file in its upload folder) but
+        did not preprocess: `{"path": ..., "orig_name": ...}`. (gr.File's preprocessing would
+        leave an empty temporary file in the upload folder each time, in Gradio 6.)"""
         state = state or _state()
-        if not upload:
+        if not upload or not upload.get("path"):
             return state, "", None
+        path = Path(upload["path"]).resolve()
+        if not self.workspace.is_upload(path):  # Gradio checks this too; a file of the app's own never goes
+            return state, message("that file was not uploaded here", error=True), None
         try:
-            track = jobs.adopt(self.workspace, Path(upload), Path(upload).name, self.config.limits)
+            track = jobs.adopt(self.workspace, path, upload.get("orig_name") or path.name, self.config.limits)
         except DannaSepError as error:
             self._drop_input(state)
             return state, message(str(error), error=True), None
@@ -231,8 +239,8 @@ class App:
                     "on this computer. Nothing leaves it.</p>", js_on_load=None)
             with gr.Row():
                 with gr.Column(scale=1):
-                    upload = _upload_box(gr)(label="Song: drop a file here or click to pick one",
-                                             file_count="single", elem_id="upload")
+                    upload = gr.File(label="Song: drop a file here or click to pick one", file_count="single",
+                                     elem_id="upload")
                     with gr.Row():
                         example = gr.Button("Use the example song", elem_id="example", size="sm",
                                             visible=self.config.example is not None and self.config.example.is_file())
@@ -273,7 +281,7 @@ class App:
                                             progress))
 
             light = {"concurrency_limit": 4, "show_progress": "hidden"}
-            upload.upload(receive, [upload, state], [state, status, upload], **light)
+            upload.upload(receive, [upload, state], [state, status, upload], preprocess=False, **light)
             upload.clear(self.clear, [state], [state, status], **light)
             example.click(example_song, [state], [state, status, upload], **light)
 
@@ -282,20 +290,6 @@ class App:
                      [state, status, mixer, upload], concurrency_limit=1, concurrency_id="separate",
                      show_progress="full", api_name="separate")
         return page
-
-
-def _upload_box(gr: Any) -> type:
-    """gr.File, whose value reaches the handler as the uploaded file's path, as with
-    `type="filepath"`, but without the empty temporary file that Gradio 6's File leaves in
-    its upload folder each time it hands a path over."""
-
-    class UploadBox(gr.File):
-        is_template = True  # drawn in the page as the gr.File it is
-
-        def preprocess(self, payload: Any) -> Optional[str]:
-            return None if payload is None else str(payload.path)
-
-    return UploadBox
 
 
 def _about_the_input(error: DannaSepError) -> bool:

@@ -170,6 +170,12 @@ class Workspace:
             except OSError:  # another upload of the same bytes is in it
                 pass
 
+    def is_upload(self, path: Path) -> bool:
+        """True for a file where Gradio's upload route puts one: `<root>/<sha256>/<name>`."""
+        path = Path(path)
+        return (path.parent.parent == self.root and re.fullmatch(r"[0-9a-f]{64}", path.parent.name) is not None
+                and path.is_file() and not path.is_symlink())
+
     def close(self) -> None:
         """Remove the whole folder."""
         with self._lock:
