@@ -19,6 +19,8 @@ import numpy as np
 import soundfile
 import torch
 
+from ..audio.common import one_line
+from ..audio.resample import fit_length
 from ..errors import DannaSepError
 from ..models import SOURCES
 
@@ -126,9 +128,9 @@ class Track:
                         str(path), start=start, frames=available, dtype="float32", always_2d=True
                     )
                 except (soundfile.SoundFileError, RuntimeError, ValueError) as error:
-                    raise DataError(f"{path}: cannot read ({_one_line(error)})") from None
+                    raise DataError(f"{path}: cannot read ({one_line(error)})") from None
                 data = frames.T
-            out[name] = _fit(torch.from_numpy(np.ascontiguousarray(data)), length)
+            out[name] = fit_length(torch.from_numpy(np.ascontiguousarray(data)), length)
         if MIXTURE in wanted and not self.has_mixture:
             out[MIXTURE] = sum(out[s] for s in SOURCES)
         return out
@@ -158,23 +160,10 @@ class Track:
                 )
             # Stream lengths of a lossy file may differ by a few samples: every stem is cut
             # or padded to the track's length, so the stems of a read always line up.
-            wav = _fit(wav, self.num_samples)
-            out[name] = _fit(wav[:, start:start + length], length)
+            wav = fit_length(wav, self.num_samples)
+            # contiguous, like a folder's read (a slice of the decoded stream is not)
+            out[name] = fit_length(wav[:, start:start + length], length).contiguous()
         return out
-
-
-def _fit(wav: torch.Tensor, length: int) -> torch.Tensor:
-    """`(channels, n)` cut or zero-padded at the end to `(channels, length)`."""
-    if wav.shape[-1] >= length:
-        return wav[:, :length].contiguous()
-    return torch.nn.functional.pad(wav, (0, length - wav.shape[-1]))
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    if text.startswith("Error opening") and ": " in text:
-        text = text.split(": ", 1)[1]
-    return text
 
 
 # --------------------------------------------------------------------------- header checks
@@ -201,7 +190,7 @@ def _folder_track(folder: Path) -> Track:
         try:
             infos[name] = soundfile.info(str(path))
         except (soundfile.SoundFileError, RuntimeError, ValueError) as error:
-            raise DataError(f"{folder}: cannot read {path.name} ({_one_line(error)})") from None
+            raise DataError(f"{folder}: cannot read {path.name} ({one_line(error)})") from None
         if infos[name].frames <= 0:
             raise DataError(f"{folder}: {path.name} has no samples")
     rates = {name: info.samplerate for name, info in infos.items()}
@@ -237,7 +226,7 @@ def _stem_mp4_track(path: Path) -> Track:
     try:
         container = av.open(str(path), mode="r")
     except (ffmpeg_error, OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot open ({_one_line(error)})") from None
+        raise DataError(f"{path}: cannot open ({one_line(error)})") from None
     with container:
         streams = list(container.streams.audio)
         if len(streams) < len(STEM_MP4_STREAMS):
