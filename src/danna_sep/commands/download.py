@@ -13,8 +13,9 @@ import logging
 import shlex
 import sys
 import textwrap
-from typing import Any, Dict, Optional
+from typing import Optional
 
+from .bars import TaskBars
 from .options import add_verbosity_arguments, ranged
 
 log = logging.getLogger("danna_sep")
@@ -65,11 +66,9 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_run)
 
 
-class _ByteBars:
-    """A `DownloadProgressFn` that draws one tqdm bar per file on stderr, in bytes."""
-
-    def __init__(self) -> None:
-        self.bars: Dict[str, Any] = {}
+class _ByteBars(TaskBars):
+    """A `DownloadProgressFn` that draws one tqdm bar per file on stderr, in bytes: a file's
+    total may be unknown, and its transfer may start again from 0."""
 
     def __call__(self, name: str, done: int, total: Optional[int]) -> None:
         from tqdm import tqdm
@@ -86,11 +85,6 @@ class _ByteBars:
         if total is not None and done >= total:
             bar.close()
             del self.bars[name]
-
-    def close(self) -> None:
-        for bar in self.bars.values():
-            bar.close()
-        self.bars.clear()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -90,34 +90,37 @@ class RandomGain(_Augmentation):
         return f"low={self.low}, high={self.high}"
 
 
-class ChannelSwap(_Augmentation):
+class _EachSourceMaybe(_Augmentation):
+    """Replace each source of each item by `changed(x)`'s with probability p."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = _check_probability("p", p)
+
+    def changed(self, x: torch.Tensor) -> torch.Tensor:
+        """`(batch, sources, channels, samples)`, all of them changed."""
+        raise NotImplementedError
+
+    def augment(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        chosen = _chance(x.shape[:2], self.p, generator, x.device)
+        return torch.where(chosen[:, :, None, None], self.changed(x), x)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class ChannelSwap(_EachSourceMaybe):
     """Reverse the channel order (left <-> right) of each source of each item with probability p."""
 
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = _check_probability("p", p)
-
-    def augment(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        swap = _chance(x.shape[:2], self.p, generator, x.device)
-        return torch.where(swap[:, :, None, None], x.flip(2), x)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    def changed(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flip(2)
 
 
-class SignFlip(_Augmentation):
+class SignFlip(_EachSourceMaybe):
     """Multiply each source of each item by -1 with probability p."""
 
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = _check_probability("p", p)
-
-    def augment(self, x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        flip = _chance(x.shape[:2], self.p, generator, x.device)
-        return torch.where(flip[:, :, None, None], -x, x)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
+    def changed(self, x: torch.Tensor) -> torch.Tensor:
+        return -x
 
 
 class RemixBatch(_Augmentation):

@@ -19,7 +19,6 @@ set per part with CC91 and per track with the room size and damping.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import numpy as np
 
 from ... import SAMPLERATE
 from ...errors import USAGE, DannaSepError
+from ...hashing import file_sha256
 from .compose import Part
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,7 @@ def soundfont_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = file_sha256(path)
     return _SHA_CACHE[key]
 
 
