@@ -285,6 +285,14 @@ def test_the_page_says_what_is_wrong_with_an_upload_and_keeps_nothing(app, space
     assert "Drop a song (or pick the example) first." in shown and box is KEEP
 
 
+def test_the_example_song_is_copied_in_and_a_cleared_box_forgets_it(app, space):
+    state, shown, _ = app.example(None)
+    assert "synth-song.mp3: 0:15.0, 44100 Hz. Choose the options and press Separate." in shown
+    assert [p.relative_to(space.jobs).parts[1] for p in leftovers(space)] == ["input.mp3"] and EXAMPLE.is_file()
+    state, shown = app.clear(state)
+    assert state["input"] is None and leftovers(space) == []
+
+
 def test_only_files_in_the_upload_folder_are_taken(app, space, tmp_path):
     """The page names an upload by its path; one that Gradio's upload route did not write (a
     file of the server's, another job's folder) is refused and left where it is."""

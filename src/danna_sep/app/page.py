@@ -89,7 +89,6 @@ class App:
         self.choices = jobs.bundle_choices(config.bundle, config.checkpoints)
         self.cancel = threading.Event()
         self.running = threading.Lock()  # held while a separation runs (the queue lets one in at a time)
-        self.jobs_done = 0
         self._lock = threading.Lock()
         self._warming = False
 
@@ -219,7 +218,6 @@ class App:
                 self._drop_input(state)
                 return state, message(f"{name}: separation failed ({type(error).__name__}: {error})".replace(
                     "\n", " "), error=True), KEEP, None
-            self.jobs_done += 1
             log.info("%s: %d stems, %.1f s of audio in %.1f s", name, len(result.stems), result.seconds,
                      time.monotonic() - started)
         self.workspace.remove(state.get("result"))  # a session shows one result; the one before goes
@@ -303,7 +301,11 @@ def _done(result: Separation) -> str:
             f"{result.took:.1f} s.")
 
 
-def serve(config: AppConfig, ready: Optional[threading.Event] = None) -> None:
+def _not_a_bind_error(record: logging.LogRecord) -> bool:
+    return "error while attempting to bind" not in record.getMessage()
+
+
+def serve(config: AppConfig) -> None:
     """Start the app and serve until interrupted (Ctrl-C, SIGTERM); the workspace goes on the way out."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported, and per call
     workspace = Workspace(config.max_storage_bytes)
@@ -320,21 +322,23 @@ def serve(config: AppConfig, ready: Optional[threading.Event] = None) -> None:
         app = App(config, workspace)
         page = app.build()
         page.queue(default_concurrency_limit=1)
+        bind_errors = logging.getLogger("uvicorn.error")
+        bind_errors.addFilter(_not_a_bind_error)  # a port in use is said once, below, not by uvicorn too
         try:
             page.launch(server_name=config.host, server_port=config.port, share=config.share,
                         prevent_thread_lock=True, quiet=True, ssr_mode=False, inbrowser=config.open_browser,
                         max_file_size=config.max_upload_bytes, show_error=False, footer_links=["settings"],
                         run_history=False, mcp_server=False, pwa=False, enable_monitoring=False,
                         css=STYLE_FILE.read_text(encoding="utf-8"))
-        except OSError as error:  # the port is taken, or the host is not this machine's
-            raise DannaSepError(f"cannot listen on {config.host}:{config.port} ({error}): "
-                                f"pick another --port or --host") from None
+        except OSError:  # Gradio's words name its own launch() arguments: ours name the options
+            raise DannaSepError(f"cannot listen on {config.host} port {config.port}: the port is in use, or the "
+                                f"address is not one of this machine's (pick another --port or --host)") from None
+        finally:
+            bind_errors.removeFilter(_not_a_bind_error)
         log.info("the app is at http://%s:%d (Ctrl-C stops it); temporary folder %s",
                  f"[{config.host}]" if ":" in config.host else config.host, config.port, workspace.root)
         if page.share_url:
             log.warning("--share: anyone with %s can use this app", page.share_url)
-        if ready is not None:
-            ready.set()
         while True:
             time.sleep(3600)
     finally:
