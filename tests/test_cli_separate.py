@@ -704,7 +704,7 @@ def test_library_code_draws_no_progress_bar():
 
     package = Path(danna_sep.__file__).parent
     users = sorted(p.relative_to(package).as_posix() for p in package.rglob("*.py") if "tqdm" in p.read_text())
-    assert {"cli.py", "commands/bars.py", "commands/separate.py"} <= set(users)
+    assert {"cli.py", "commands/bars.py"} <= set(users)
     assert [u for u in users if u != "cli.py" and not u.startswith("commands/")] == []
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 from .. import SOURCES
 from ..errors import DannaSepError, UsageError
 from ..manifest import Manifest, file_sha256
+from .bars import TrackBar
 from .batch import current_share, device_for, gather_at_first, read_inputs_from, shard_option
 from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, comma_list, ranged
 from .report import Report, TrackResult, manifest_record
@@ -288,41 +288,6 @@ def _refuse_collisions(args: argparse.Namespace, inputs: List[_Input], stems: Li
             writer[key] = item.path
 
 
-class _Bar:
-    """One progress bar per track on stderr, in seconds of audio: the separation, then the
-    encoding, each with its real-time factor (compute time over audio time)."""
-
-    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.1f} s of audio [{elapsed}<{remaining}{postfix}]"
-
-    def __init__(self, name: str, position: int):
-        from tqdm import tqdm
-
-        self.name = name
-        self.stage = "separating"
-        self.started = self.drawn = time.monotonic()
-        self.bar = tqdm(total=0, desc=name, file=sys.stderr, leave=False, position=position,
-                        bar_format=self.FORMAT)
-
-    def show(self, stage: str, done: float, total: float) -> None:
-        now = time.monotonic()
-        if stage != self.stage:  # the same bar, from 0 again, for the encoding
-            self.stage, self.started = stage, now
-            self.bar.set_description_str(f"{self.name} ({stage})", refresh=False)
-            self.bar.set_postfix_str("", refresh=False)
-            self.bar.reset(total=total)
-        elif stage == "encoding" and now - self.drawn < 0.1 and done < total:
-            return  # encoding reports every block: a redraw each tenth of a second is enough
-        self.bar.total, self.bar.n = total, done
-        if done > 0:
-            factor = (now - self.started) / done
-            self.bar.set_postfix_str(f"real-time factor {factor:.2f}", refresh=False)
-        self.bar.refresh()
-        self.drawn = now
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 class _Cancelled(Exception):
     """Raised inside a worker's progress callback once Ctrl-C was pressed."""
 
@@ -345,7 +310,7 @@ def _separate_one(args, separator, item: _Input, wanted: List[str], position: in
     output = OutputOptions(format=args.format, bit_depth=args.bit_depth, mp3_bitrate=args.mp3_bitrate or 320,
                            samplerate=args.samplerate, clip=args.clip, force=force)
     started = time.monotonic()
-    bar = None if quiet else _Bar(path.name, position)
+    bar = None if quiet else TrackBar(path.name, position)
 
     def progress(stage: str, done: float, total: float) -> None:
         if cancel.is_set():
