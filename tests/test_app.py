@@ -453,7 +453,7 @@ class RunningApp:
 def test_the_app_end_to_end_in_a_headless_browser(tmp_path):
     """Upload a non-audio file (one message, nothing kept), then a clip of the example; the
     progress bar moves, a second job queues; four players of the clip's length; play, mute
-    vocals, the others play on; the zip holds what `danna-sep separate` writes, sample for
+    vocals, the others play on; solo drums, only they do; the zip holds what `danna-sep separate` writes, sample for
     sample; a guessed URL reaches nothing and an upload over the cap is refused; every request
     the page and the server make stays on this machine; SIGTERM stops the app, and its
     temporary folder goes."""
@@ -544,6 +544,15 @@ def test_the_app_end_to_end_in_a_headless_browser(tmp_path):
             assert loudest["vocals"] < 1e-4, loudest
             assert all(loudest[s] > 1e-3 for s in SOURCES if s != "vocals"), loudest
             assert page.locator(".dm-stem[data-stem=vocals] .dm-mute").get_attribute("aria-pressed") == "true"
+            # Solo drums: only they sound now.
+            page.locator(".dm-stem[data-stem=drums] .dm-solo").click()
+            time.sleep(0.15)
+            polls = []
+            for _ in range(6):
+                polls.append(page.evaluate(state))
+                time.sleep(0.05)
+            loudest = {stem: max(p["levels"][stem] for p in polls) for stem in SOURCES}
+            assert loudest["drums"] > 1e-3 and all(loudest[s] < 1e-4 for s in SOURCES if s != "drums"), loudest
 
             shot = tmp_path / "app.png"
             page.screenshot(path=str(shot), full_page=True)
