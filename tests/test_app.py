@@ -213,6 +213,25 @@ def test_an_uploaded_name_never_becomes_a_path(space, tmp_path):
     assert odd.path.name == "input"  # an extension that is not a plain one is dropped
 
 
+def test_the_bundles_offered_start_with_the_one_separate_would_use(tmp_path, monkeypatch, tiny_bundle):
+    assert [c.key for c in jobs.bundle_choices()][:1] == ["bundle:default"]
+    shelf = tmp_path / "shelf"
+    shutil.copytree(tiny_bundle, shelf / "mine")
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    (checkpoints / "unet_attention.pth").write_bytes(b"")
+    monkeypatch.setenv("DANNA_BUNDLES", str(shelf))
+    monkeypatch.setenv("DANNA_CHECKPOINTS", str(checkpoints))
+    choices = jobs.bundle_choices()
+    assert choices[0] == jobs.BundleChoice("checkpoints", f"original Danna-Sep checkpoints ({checkpoints}: 1 files)",
+                                           checkpoints=str(checkpoints))
+    assert {"bundle:default", "bundle:mine"} <= {c.key for c in choices}
+    assert jobs.bundle_choices(bundle="mine")[0].bundle == str(shelf / "mine")
+    first = jobs.bundle_choices(bundle=str(tiny_bundle))[0]
+    assert first.key == "command-line" and first.bundle == str(tiny_bundle.resolve())
+    assert [c.key for c in jobs.bundle_choices(bundle="mine")].count("checkpoints") == 1
+
+
 def test_options_name_the_stems_to_write():
     assert JobOptions().targets(list(SOURCES)) == list(SOURCES)
     assert JobOptions(stems=("vocals", "drums")).targets(list(SOURCES)) == ["drums", "vocals"]

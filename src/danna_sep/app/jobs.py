@@ -9,14 +9,13 @@ name it was uploaded with (never by its path on the server), so the page can sho
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import shutil
 import threading
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Tuple
 
@@ -26,8 +25,6 @@ from .workspace import Workspace
 
 if TYPE_CHECKING:  # torch is imported by the first job, not when the app starts
     from ..separator import Separator
-
-log = logging.getLogger(__name__)
 
 FORMATS = ("wav", "flac", "mp3")
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -198,8 +195,7 @@ def bundle_choices(bundle: Optional[str] = None, checkpoints: Optional[str] = No
 
 
 def _label(entry: "catalog.BundleEntry") -> str:
-    origin = "shipped" if entry.origin == "shipped" else entry.origin
-    return f"{entry.name} ({origin}: {' + '.join(entry.models)})"
+    return f"{entry.name} ({entry.origin}: {' + '.join(entry.models)})"
 
 
 @dataclass(frozen=True)
@@ -272,7 +268,6 @@ class Separation:
     samplerate: int
     format: str
     took: float
-    sources: List[str] = field(default_factory=list)
 
 
 # Bytes per second of stereo audio at most, per format (the zip holds the same again).
@@ -351,4 +346,4 @@ def separate(separator: "Separator", track: Track, options: JobOptions, workspac
         workspace.remove(token)
         raise
     return Separation(token, folder, track.name, dict(written.paths), pictures, archive, written.seconds,
-                      written.samplerate, options.format, time.monotonic() - started, list(separator.sources))
+                      written.samplerate, options.format, time.monotonic() - started)
