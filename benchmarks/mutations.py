@@ -63,10 +63,8 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "bundle-in-place", "save_bundle writes into the target folder, with no staging folder",
         "src/danna_sep/bundle.py",
-        (('staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))',
-          "staging = target\n    staging.mkdir(exist_ok=True)"),
-         ("        if target.exists():\n            shutil.rmtree(target)\n        os.replace(staging, target)\n",
-          "        pass\n")),
+        (("    with atomic.writing(target, directory=True) as staging:\n",
+          "    target.mkdir(parents=True, exist_ok=True)\n    for staging in [target]:\n"),),
         ("tests/test_bundle.py::test_a_failed_save_leaves_no_bundle_and_no_staging_folder",
          "tests/test_bundle.py::test_a_failed_forced_save_keeps_the_old_bundle"),
     ),

@@ -434,7 +434,7 @@ def test_inference_never_imports_training():
 
 def test_umx_input_statistics_match_a_numpy_stft(tmp_path, base):
     from danna_sep.data import find_tracks
-    from danna_sep.train.trainer import input_statistics
+    from danna_sep.train.inputs import input_statistics
 
     tracks = find_tracks(dataset_root(base), subset="train", split="train")
     mean, std = input_statistics(tracks, max_bin=100)
@@ -602,13 +602,16 @@ def _fit_recording(config_dict: dict, run: Path, out: Path, tag: str) -> None:
     """Train `config_dict` into `run` on the CPU; write this process's micro-batches (segment
     indices per epoch, as the trainer deals them out), first and last weights to out/TAG.*."""
     from danna_sep.train import Trainer
+    from danna_sep.train.inputs import epoch_batches
 
     config = config_from_dict(config_dict)
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         trainer = Trainer(config, run, device="cpu", progress=False)
         initial = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        batches = [trainer._epoch_batches(epoch) for epoch in range(config.train.epochs)]
+        t = config.train
+        batches = [epoch_batches(len(trainer.data.dataset), t.seed, epoch, t.batch_size, trainer.dist)
+                   for epoch in range(t.epochs)]
         summary = trainer.fit()
     finally:  # the Trainer switches deterministic algorithms on for the process
         torch.use_deterministic_algorithms(deterministic)

@@ -22,15 +22,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
-from . import SAMPLERATE, __version__, models, schema
+from . import SAMPLERATE, __version__, atomic, models, schema
 from .catalog import BUNDLE_FILE, ORIGINAL_FILES  # noqa: F401 - ORIGINAL_FILES: for the bundle's callers
 from .errors import DannaSepError
 from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
@@ -155,15 +153,15 @@ def save_bundle(
     force: bool = False,
     extra: Optional[Mapping[str, Any]] = None,
 ) -> Path:
-    """Write `members` as a bundle folder, atomically (a temporary folder renamed when complete)."""
+    """Write `members` as a bundle folder, whole or not at all (a temporary folder renamed when
+    complete, danna_sep.atomic), with the modes a plain mkdir and open give: a bundle is meant
+    to be shared (installed as package data, copied to other users)."""
     from safetensors.torch import save_file
 
     target = Path(folder)
     if target.exists() and not force:
         raise BundleError(f"{target}: already exists (use --force to overwrite)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic.writing(target, directory=True) as staging:
         entries = []
         for index, member in enumerate(members):
             if models.get(member.name) is not type(member.model):  # fails before anything is written
@@ -180,19 +178,11 @@ def save_bundle(
         if extra:
             manifest.update(extra)
         (staging / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-        # mkdtemp (and safetensors) create owner-only files; a bundle is meant to be shared
-        # (installed as package data, copied to other users), so give it the usual modes.
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in staging.iterdir():
-            path.chmod(0o666 & ~umask)
-        staging.chmod(0o777 & ~umask)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        # safetensors makes its files owner-only; a bundle is meant to be shared (package data,
+        # copied to other users): the weights get the mode a plain open() gave bundle.json.
+        mode = (staging / BUNDLE_FILE).stat().st_mode & 0o777
+        for entry in entries:
+            (staging / entry.weights).chmod(mode)
     return target
 
 
@@ -359,15 +349,8 @@ def export_original(bundle: Bundle, folder: str | os.PathLike, onnx: bool = Fals
             raise BundleError(f"{member.name} has no place in the original tool's checkpoint folder")
         as_onnx = onnx and network.original_onnx is not None
         final = root / str(network.original_onnx if as_onnx else network.original_file)
-        fd, temp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", dir=root)
-        os.close(fd)
-        try:
-            if as_onnx:
-                _export_onnx(member.model.eval(), temp)
-            else:
-                torch.jit.script(member.model).save(temp)
-            os.replace(temp, final)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        if as_onnx:
+            atomic.write_with(final, lambda temporary: _export_onnx(member.model.eval(), str(temporary)))
+        else:
+            atomic.write_with(final, lambda temporary: torch.jit.script(member.model).save(str(temporary)))
     return root

@@ -165,15 +165,17 @@ def read_json(path: str | os.PathLike, error: Type[DannaSepError] = SchemaError,
         raise error(f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
 
 
+def plain(value: Any) -> Any:
+    """`value` with tuples as lists, all the way down: the form it has after a JSON round trip."""
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
+
+
 def to_json(obj: Any) -> Dict[str, Any]:
     """Plain JSON-ready form of a dataclass, every default filled in (tuples as lists)."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
     return plain(dataclasses.asdict(obj))
 
 

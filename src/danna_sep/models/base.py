@@ -43,20 +43,12 @@ import torch
 from torch import nn
 
 from .. import SAMPLERATE
+from ..schema import plain
 
 InputDomain = Literal["magnitude", "waveform"]
 OutputKind = Literal["mask", "magnitude", "waveform"]
 INPUT_DOMAINS = ("magnitude", "waveform")
 OUTPUT_KINDS = ("mask", "magnitude", "waveform")
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, all the way down: the form a value has after a JSON round trip."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def _capturing(init: Callable[..., None]) -> Callable[..., None]:
@@ -77,7 +69,7 @@ def _capturing(init: Callable[..., None]) -> Callable[..., None]:
                 config.update(value)
             else:
                 config[key] = value
-        self.config = _plain(config)
+        self.config = plain(config)  # as JSON gives it back: what a bundle or checkpoint holds
 
     return wrapper
 

@@ -1,7 +1,8 @@
-"""Training checkpoints: plain dicts of tensors, numbers and strings, written atomically.
+"""Training checkpoints: plain dicts of tensors, numbers and strings, written atomically;
+and the weights files a run may start from.
 
 A checkpoint is written with `torch.save` and read back with `torch.load(weights_only=True)`:
-no class is ever pickled. Two kinds share one layout:
+no class is ever pickled. Two kinds share one layout (`checkpoint_record`):
 
 - `last.pt`, the full training state for an exact resume (model, optimiser, scheduler,
   gradient scaler, RNG states, data position, best-k table);
@@ -12,55 +13,48 @@ no class is ever pickled. Two kinds share one layout:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
+from .. import __version__, atomic
 from ..errors import DannaSepError
+from ..models import SeparationModel
+
+log = logging.getLogger(__name__)
 
 FORMAT = "danna-sep-checkpoint"
 FORMAT_VERSION = 1
 
 
 class CheckpointFileError(DannaSepError):
-    """A checkpoint that cannot be read; the message starts with its path."""
+    """A checkpoint or weights file that cannot be read or used; the message starts with its path."""
 
 
-def atomic_torch_save(obj: Any, path: Path) -> Path:
-    """torch.save to a temporary name in the target folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+def checkpoint_record(kind: str, model: SeparationModel, config: Dict[str, Any], **fields: Any) -> Dict[str, Any]:
+    """A checkpoint of `kind` ("training-state" or "weights"): the model's registry name,
+    constructor arguments and weights (on the CPU), the resolved `config`, versions, and
+    `fields`."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "model": {"name": model.name, "kwargs": dict(model.config)},
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        **fields,
+        "config": config,
+        "versions": {"danna_sep": __version__, "torch": str(torch.__version__)},
+    }
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write text under a temporary name in the target folder, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)  # mkstemp makes it private; these are ordinary result files
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+def save_checkpoint(record: Dict[str, Any], path: Path) -> Path:
+    """`torch.save(record)` to `path`, whole or not at all (danna_sep.atomic)."""
+    return atomic.write_with(path, lambda temporary: torch.save(record, temporary))
 
 
 def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
@@ -93,12 +87,37 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete the temporary files of writes a killed run left behind (`.NAME.tmp-XXXX`)."""
-    if folder.is_dir():
-        for path in folder.glob(".*.tmp-*"):
-            if path.is_file():
-                path.unlink(missing_ok=True)
+def load_initial_weights(model: SeparationModel, path: str | os.PathLike) -> None:
+    """Load `path` into `model`: our checkpoints, bundle safetensors, or a file in an upstream
+    layout the model adopts (`SeparationModel.adopt_state`)."""
+    from ..convert import CheckpointError, load_state_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointFileError(f"{path}: no such weights file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointFileError(f"{path}: unreadable safetensors file ({exc})") from None
+    else:
+        try:
+            state = load_state_file(path)
+        except CheckpointError as exc:
+            raise CheckpointFileError(str(exc)) from None
+    try:
+        state = model.adopt_state(state)
+    except CheckpointError as exc:
+        raise CheckpointFileError(f"{path}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointFileError(f"{path}: weights do not fit {model.name}({model.config}): {first}") from None
+    log.info("%s: loaded into %s", path, model.name)
 
 
 # --- random number generator states, as plain values -----------------------------------

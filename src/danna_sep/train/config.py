@@ -144,8 +144,12 @@ def _check(config: Config, source: str) -> None:
 
     if config.model.name not in models.names():
         fail(f"model.name: unknown model {config.model.name!r}; known: {', '.join(models.names())}")
-    if config.model.input_statistics and not models.get(config.model.name).takes_input_statistics:
+    network = models.get(config.model.name)
+    if config.model.input_statistics and not network.takes_input_statistics:
         fail(f"model.input_statistics: {config.model.name} has no input normalisation to set")
+    from .objective import check_loss_fits  # it imports this module
+
+    check_loss_fits(config.loss.kind, network, lambda message: ConfigError(f"{source}: {message}"))
     t, d, o, s, loss = config.train, config.data, config.optim, config.schedule, config.loss
     positive = {
         "train.epochs": t.epochs, "train.batch_size": t.batch_size, "train.accumulation": t.accumulation,

@@ -1,4 +1,4 @@
-"""Training losses of the Danna-Sep recipes, and the MDX SDR used to validate.
+"""Training losses of the Danna-Sep recipes (validation scores with danna_sep.metrics' MDX SDR).
 
 - `closs`: the "combination" loss of CrossNet (Sawata et al. 2021) as Danna-Sep trains
   it. Source estimates are the mixture STFT filtered by the model's masks, optionally
@@ -27,7 +27,7 @@ from typing import Dict, List, Literal, Tuple
 
 import torch
 
-from .. import MDX_EPS, spectral
+from .. import spectral
 from ..wiener import apply_wiener
 
 LossKind = Literal["closs", "l1", "l2", "mse_mag", "mse_mask"]
@@ -187,15 +187,3 @@ def masked_magnitude_mse(masks: torch.Tensor, mix_magnitude: torch.Tensor,
     mix_magnitude: `(batch, channels, bins, frames)`.
     """
     return (masks * mix_magnitude.unsqueeze(1) - source_magnitudes).square().mean()
-
-
-def mdx_sdr(estimates: torch.Tensor, references: torch.Tensor, eps: float = MDX_EPS) -> torch.Tensor:
-    """The Music Demixing Challenge SDR in dB over the last two axes `(..., channels, samples)` -> `(...)`.
-
-    10 log10((sum s^2 + eps) / (sum (s - s_hat)^2 + eps)), computed in double precision.
-    """
-    ref = references.double()
-    err = ref - estimates.double()
-    num = ref.square().sum(dim=(-2, -1)) + eps
-    den = err.square().sum(dim=(-2, -1)) + eps
-    return 10.0 * torch.log10(num / den)
