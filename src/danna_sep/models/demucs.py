@@ -4,7 +4,7 @@ Both pad the input to a length every strided convolution divides exactly and tri
 output back, so the output has exactly as many samples as the input.
 """
 
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +27,25 @@ def _ceil_div(a: int, b: int) -> int:
     return -((-a) // b)
 
 
-class DemucsSplit(SeparationModel):
+class _Demucs(SeparationModel):
+    """What both Demucs networks share: an encoder of strided levels, then a BLSTM with a
+    linear projection (modules `encoder`, `lstm` and `lstm_linear`, built by each)."""
+
+    input_domain = "waveform"
+    output_kind = "waveform"
+
+    def _encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """x `(batch, channels, time)` through the encoder and the BLSTM; and each level's
+        output, for the decoder's skip connections."""
+        saved: List[torch.Tensor] = []
+        for encode in self.encoder:
+            x = encode(x)
+            saved.append(x)
+        x = self.lstm(x.permute(2, 0, 1))[0]
+        return self.lstm_linear(x).permute(1, 2, 0), saved
+
+
+class DemucsSplit(_Demucs):
     """Waveform `(batch, 2, time)` -> sources `(batch, 4, 2, time)`.
 
     One shared encoder and LSTM; each source owns a decoder of width C/2 per level.
@@ -37,8 +55,6 @@ class DemucsSplit(SeparationModel):
 
     name = "demucs_split"
     network = "Demucs, one decoder per source"
-    input_domain = "waveform"
-    output_kind = "waveform"
     original_file = "demucs_4_decoders.pth"
 
     depth: int
@@ -117,14 +133,7 @@ class DemucsSplit(SeparationModel):
         batch, _, length = wav.shape
         x, mean, std = standardize(wav)
         x = F.pad(x, [0, self.valid_length(length) - length])
-        x = self.up_sample(x)
-
-        saved: List[torch.Tensor] = []
-        for encode in self.encoder:
-            x = encode(x)
-            saved.append(x)
-        x = self.lstm(x.permute(2, 0, 1))[0]
-        x = self.lstm_linear(x).permute(1, 2, 0)
+        x, saved = self._encode(self.up_sample(x))
 
         for decode, pre_conv, skip_conv in zip(self.decoder, self.dec_pre_convs, self.convs_1x1):
             skip = saved.pop()
@@ -138,7 +147,7 @@ class DemucsSplit(SeparationModel):
         return x.reshape(batch, 4, 2, length)
 
 
-class DemucsV1(SeparationModel):
+class DemucsV1(_Demucs):
     """Demucs v1: waveform `(batch, channels, time)` -> sources `(batch, sources, channels, time)`.
 
     Encoder Conv1d(k, s) -> ReLU -> Conv1d(1x1, 2C) -> GLU; a 2-layer BLSTM with a linear
@@ -151,8 +160,6 @@ class DemucsV1(SeparationModel):
 
     name = "demucs_v1"
     network = "Demucs v1"
-    input_domain = "waveform"
-    output_kind = "waveform"
 
     depth: int
     kernel_size: int
@@ -240,14 +247,7 @@ class DemucsV1(SeparationModel):
         if self.normalize:
             x, mean, std = standardize(wav)
         delta = self.valid_length(length) - length
-        x = F.pad(x, [delta // 2, delta - delta // 2])
-
-        saved: List[torch.Tensor] = []
-        for encode in self.encoder:
-            x = encode(x)
-            saved.append(x)
-        x = self.lstm(x.permute(2, 0, 1))[0]
-        x = self.lstm_linear(x).permute(1, 2, 0)
+        x, saved = self._encode(F.pad(x, [delta // 2, delta - delta // 2]))
         for decode in self.decoder:
             skip = saved.pop()
             x = decode(x + center_trim(skip, x.shape[-1]))

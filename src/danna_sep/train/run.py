@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -43,41 +42,19 @@ class TrainError(DannaSepError):
     """A run that cannot start or continue; the message starts with the path concerned."""
 
 
-@dataclass
 class RunPaths:
-    root: Path
+    """Where a run keeps each of its files (see the module docstring)."""
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def last(self) -> Path:
-        return self.checkpoints / "last.pt"
-
-    @property
-    def best_index(self) -> Path:
-        return self.checkpoints / "best.json"
-
-    @property
-    def losses(self) -> Path:
-        return self.root / "losses.jsonl"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def ranks(self) -> Path:
-        return self.root / "ranks.json"
+    def __init__(self, root: Path):
+        self.root = root
+        self.config = root / "config.json"
+        self.checkpoints = root / "checkpoints"
+        self.last = self.checkpoints / "last.pt"
+        self.best_index = self.checkpoints / "best.json"
+        self.losses = root / "losses.jsonl"
+        self.metrics = root / "metrics.jsonl"
+        self.tensorboard = root / "tensorboard"
+        self.ranks = root / "ranks.json"
 
 
 class RunFolder:
