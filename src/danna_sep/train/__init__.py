@@ -1,6 +1,8 @@
 """Training: JSON configs, the recipes' losses, and the trainer (AMP, accumulation, DDP, exact resume).
 
-Inference never imports this package. `train(load_config(path), run_dir)` runs a config;
+Rooms: `config` (the recipes' dataclasses), `inputs` (tracks, segments, statistics),
+`objective` (the loss through the model's contract), `run` (the run folder), `checkpoint`
+(checkpoint records, starting weights), `trainer` (the loop). Inference never imports this package. `train(load_config(path), run_dir)` runs a config;
 `danna-sep train CONFIG.json` does the same from the command line (and under torchrun).
 """
 
