@@ -137,8 +137,8 @@ class Contract:
     """What the inference engine reads of a model."""
 
     sources: List[str]
-    input_domain: str
-    output_kind: str
+    input_domain: InputDomain
+    output_kind: OutputKind
     samplerate: int
     original_chunk_frames: Optional[int]
 
@@ -157,5 +157,5 @@ def contract_of(model: nn.Module) -> Contract:
     if kind == "magnitude" and len(sources) != 1:
         raise TypeError(f"{type(model).__name__}: a magnitude output is one target's, not {len(sources)}")
     chunk = getattr(model, "original_chunk_frames", None)
-    return Contract(sources, domain, kind, int(getattr(model, "samplerate", SAMPLERATE)),
+    return Contract(sources, domain, kind, int(getattr(model, "samplerate", SAMPLERATE)),  # type: ignore[arg-type]
                     None if chunk is None else int(chunk))
