@@ -189,8 +189,11 @@ def test_a_torchrun_process_exits_with_its_code_and_all_its_output(tmp_path):
     failed = subprocess.run([sys.executable, "-m", "danna_sep.cli", "separate", str(missing), "-o",
                              str(tmp_path / "out")], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=120)
-    assert failed.returncode == 1
-    assert failed.stderr.strip() == f"danna-sep: {missing}: no such file"
+    # A WORLD_SIZE without torchrun's rendezvous address: the ranks could never meet, said
+    # in the one line of a usage error before any work.
+    assert failed.returncode == 2
+    assert failed.stderr.strip() == ("danna-sep: WORLD_SIZE is 2 but MASTER_ADDR and MASTER_PORT are not set: "
+                                     "start the processes with torchrun")
 
 
 # --- bad data and configs: one clear line, before training starts ------------------------

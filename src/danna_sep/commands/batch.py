@@ -59,12 +59,19 @@ def shard_option(text: str) -> Share:
 
 def current_share(shard: Optional[Share]) -> Share:
     """The share of this process: torchrun's rank and world size, or --shard, or all."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+    from ..distributed import Distributed
+
+    place = Distributed.from_environment()
+    if place.active:
         if shard is not None:
             raise UsageError("--shard splits a batch between separate jobs; under torchrun the ranks split it: "
                              "give one or the other")
-        return Share(int(os.environ.get("RANK", "0")), world, torchrun=True)
+        missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+        if missing:  # the ranks could never meet for the summary
+            verb = "is" if len(missing) == 1 else "are"
+            raise UsageError(f"WORLD_SIZE is {place.world} but {' and '.join(missing)} {verb} not set: start the "
+                             f"processes with torchrun")
+        return Share(place.rank, place.world, torchrun=True)
     return shard or Share()
 
 
@@ -88,8 +95,10 @@ def device_for(share: Share, device: str) -> str:
     if share.torchrun and device in ("auto", "cuda"):
         import torch
 
+        from ..distributed import Distributed
+
         if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            return f"cuda:{Distributed.from_environment().local_rank}"
     return device
 
 
@@ -102,16 +111,15 @@ def gather_at_first(share: Share, payload: object, device: str) -> Optional[list
         return [payload]
     import torch.distributed as dist
 
-    from ..distributed import leave_process_group
+    from ..distributed import Distributed, gather_to_main, leave_process_group
 
     if not dist.is_initialized():
         backend = "nccl" if device.startswith("cuda") and dist.is_nccl_available() else "gloo"
         dist.init_process_group(backend, timeout=_GATHER_TIMEOUT)
-    gathered = [None] * share.count if share.first else None
     if dist.get_backend() == "nccl":  # nccl gathers objects through the GPU each rank owns
         import torch
 
         torch.cuda.set_device(torch.device(device))
-    dist.gather_object(payload, gathered, dst=0)
+    gathered = gather_to_main(payload, Distributed.from_environment())
     leave_process_group()
     return gathered
