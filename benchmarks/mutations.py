@@ -40,10 +40,11 @@ class Mutation:
 
 MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
-        "signflip-per-item", "SignFlip draws one sign per item instead of one per source",
+        "signflip-per-item", "SignFlip (and ChannelSwap) draw one coin per item instead of one per source",
         "src/danna_sep/data/augment.py",
-        (("flip = _chance(x.shape[:2], self.p", "flip = _chance(x.shape[:1], self.p"),
-         ("torch.where(flip[:, :, None, None], -x, x)", "torch.where(flip[:, None, None, None], -x, x)")),
+        (("chosen = _chance(x.shape[:2], self.p", "chosen = _chance(x.shape[:1], self.p"),
+         ("torch.where(chosen[:, :, None, None], self.changed(x), x)",
+          "torch.where(chosen[:, None, None, None], self.changed(x), x)")),
         ("tests/test_data.py::test_sign_flip_draws_a_sign_per_item_and_source",),
     ),
     Mutation(
