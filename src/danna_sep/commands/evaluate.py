@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from typing import Optional
 
-from ..distributed import leave_process_group
+from ..distributed import Distributed, gather_to_main, join, leave_process_group
 from ..errors import DannaSepError, UsageError
 from .bars import TaskBars
 from .options import add_engine_arguments, add_model_arguments, add_verbosity_arguments, ranged
@@ -51,13 +50,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=_cmd_evaluate)
 
 
-def _distributed() -> tuple:
-    """(rank, world size) from torchrun's environment; (0, 1) outside it."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    return rank, world
-
-
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.split is not None and args.subset != "train":
         raise UsageError(f"--split {args.split} splits the train subset: it goes with --subset train")
@@ -69,23 +61,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from ..data import find_tracks
     from ..evaluate import EvaluationError, Report, check_outputs, evaluate_tracks
 
-    rank, world = _distributed()
+    place = Distributed.from_environment()
     check_outputs(args.out, force=args.force)
     tracks = find_tracks(args.root, subset=args.subset, split=args.split)
     if args.limit is not None:
         tracks = tracks[: args.limit]
     if not tracks:
         raise EvaluationError(f"{args.root}: no tracks to evaluate")
-    share = tracks[rank::world]
-    estimator, description = _estimator(args, world)
+    share = tracks[place.rank::place.world]
+    estimator, description = _estimator(args, place)
+    join("cpu")  # the scores travel as Python objects: gloo, whatever the device
 
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-
-    bars = None if args.quiet else TaskBars({"evaluate": "track"}, position=rank)
+    bars = None if args.quiet else TaskBars({"evaluate": "track"}, position=place.rank)
     task = f"evaluate ({description})"
 
     def progress(done: int, total: int) -> None:
@@ -101,14 +88,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if bars is not None:
             bars.close()
 
-    if world > 1:
-        import torch.distributed as dist
-
+    if place.active:
         # every rank takes part in the gather, failed or not, so that none waits forever
-        gathered = [None] * world if rank == 0 else None
-        dist.gather_object((report, failure), gathered, dst=0)
+        gathered = gather_to_main((report, failure), place)
         leave_process_group()
-        if rank != 0:
+        if not place.main:
             return 1 if failure else 0
         failures = [f for _, f in gathered if f]
         failure = failures[0] if failures else None
@@ -136,7 +120,7 @@ def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _estimator(args: argparse.Namespace, world: int):
+def _estimator(args: argparse.Namespace, place: Distributed):
     from ..evaluate import oracle_estimator, separator_estimator
 
     if args.oracle:
@@ -144,11 +128,11 @@ def _estimator(args: argparse.Namespace, world: int):
     from ..separator import Separator
 
     device = args.device
-    if device == "auto" and world > 1:
+    if device == "auto" and place.active:
         import torch
 
         if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            device = f"cuda:{place.local_rank}"
     separator = Separator(
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
