@@ -74,7 +74,7 @@ BARE_DEBIAN = [
 # Debian, outside the virtual environment).
 PIPX_LINES = [
     "pip wheel --no-deps -w dist .",
-    'pipx install dist/danna_sep-*.whl --pip-args="--extra-index-url https://download.pytorch.org/whl/cpu"',
+    'pipx install dist/danna_sep-*.whl --pip-args="--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0"',
 ]
 # The README's docker lines, run in a folder holding songs/synth-song.mp3 and song.mp3 (the
 # example); `docker` is podman with this machine's flags. The second line is run with a uid
@@ -464,8 +464,9 @@ def start_app(run: Run, docker_function: str, podman: List[str], timeout: float 
                 time.sleep(1)
         if page is None:
             raise FreshRootError(f"{APP_URL}: no page in {timeout:.0f} s (app exit status {app.poll()})")
-        title = re.search(r"<title>(.*?)</title>", page, re.S)
-        return f"{APP_URL} answered after {time.monotonic() - start:.0f} s, title {title.group(1).strip() if title else '?'!r}"
+        if "gradio" not in page.lower():
+            raise FreshRootError(f"{APP_URL}: the page is not the Gradio app's")
+        return f"{APP_URL} answered with the Gradio page after {time.monotonic() - start:.0f} s"
     finally:
         subprocess.run(podman + ["stop", "-t", "20", name], capture_output=True)
         try:
@@ -559,9 +560,16 @@ def prove(args: argparse.Namespace, run: Run) -> None:
             chroot.line(f"mkdir -p {pipx_out}", venv=False)
             chroot.line(f"~/.local/bin/danna-sep separate {SOURCE_IN_ROOT}/{EXAMPLE} -o out -q",
                         cwd=pipx_out, venv=False)
-        torch = chroot.line("~/.local/pipx/venvs/danna-sep/bin/python -c 'import torch; print(torch.__version__)'",
+        torch = chroot.line("~/.local/pipx/venvs/danna-sep/bin/python -c "
+                            "'import torch; print(torch.__version__, torch.version.cuda)'",
                             venv=False, capture=True).stdout.strip().splitlines()[-1]
         run.facts["pipx_torch"] = torch
+        pipx_venv = root / "root/.local/pipx/venvs/danna-sep"
+        run.facts["pipx_venv_bytes"] = sum(p.stat().st_size for p in pipx_venv.rglob("*") if p.is_file()
+                                           and not p.is_symlink())
+        cuda = cuda_libraries_in(pipx_venv)
+        if cuda or not torch.endswith("None"):
+            raise FreshRootError(f"pipx installed a CUDA torch ({torch}; {len(cuda)} CUDA libraries)")
         run.facts["pipx_stems"] = check_stems(root / pipx_out.lstrip("/") / "out/synth-song", reference)
 
     if not args.skip_image:
@@ -666,7 +674,7 @@ def report(run: Run, args: argparse.Namespace) -> str:
         lines.append(f"| {step.name} | {step.seconds:.0f} | {step.note.replace('|', '¦')} |")
     lines.append("")
     for key, value in run.facts.items():
-        if key == "image_bytes":
+        if key in ("image_bytes", "pipx_venv_bytes"):
             value = f"{value} bytes ({value / 1e6:.0f} MB, {value / 2**20:.0f} MiB)"
         lines.append(f"- {key}: {value}")
     return "\n".join(lines)
