@@ -85,6 +85,11 @@ DOCKER_RUN_AS_ME = 'docker run --rm --user "$(id -u):$(id -g)" -v "$PWD:/data" d
 OTHER_UID = 2000
 DOCKER_RUN_APP = "docker run --rm -p 127.0.0.1:7860:7860 danna-sep app --host 0.0.0.0"
 APP_URL = "http://127.0.0.1:7860/"
+CORPUS_IMAGE = "danna-sep:corpus"
+DOCKER_BUILD_CORPUS = "docker build --build-arg EXTRAS=app,corpus -t danna-sep:corpus ."
+DOCKER_RUN_CORPUS = 'docker run --rm -v "$PWD:/data" danna-sep:corpus corpus --tracks 1 --seconds 5 corpus'
+DOCKER_LINES = [DOCKER_BUILD_LINE, DOCKER_RUN_FOLDER, DOCKER_RUN_AS_ME, DOCKER_RUN_APP, DOCKER_BUILD_CORPUS,
+                DOCKER_RUN_CORPUS]
 
 COMPILER_PACKAGES = re.compile(r"^(gcc(-\d+)?|g\+\+(-\d+)?|cpp(-\d+)?|clang(-\d+)?|binutils|"
                                r"binutils-.*|libgcc-\d+-dev|libstdc\+\+-\d+-dev|python3(\.\d+)?-dev|"
@@ -477,8 +482,8 @@ def start_app(run: Run, docker_function: str, podman: List[str], timeout: float 
         subprocess.run(podman + ["rm", "-f", name], capture_output=True)
 
 
-def image_size_bytes(run: Run, podman: List[str]) -> int:
-    done = run.sh(podman + ["image", "inspect", "--format", "{{.Size}}", IMAGE], capture=True)
+def image_size_bytes(run: Run, podman: List[str], image: str = IMAGE) -> int:
+    done = run.sh(podman + ["image", "inspect", "--format", "{{.Size}}", image], capture=True)
     return int(done.stdout.strip())
 
 
@@ -503,7 +508,7 @@ def prove(args: argparse.Namespace, run: Run) -> None:
     readme = (context / "README.md").read_text()
     install_lines = readme_block(readme, "Install")
     test_lines = readme_block(readme, "Test")
-    for line in BARE_DEBIAN + PIPX_LINES + [DOCKER_BUILD_LINE, DOCKER_RUN_FOLDER, DOCKER_RUN_AS_ME, DOCKER_RUN_APP]:
+    for line in BARE_DEBIAN + PIPX_LINES + DOCKER_LINES:
         if line not in readme:
             raise FreshRootError(f"README.md no longer shows the line the proof runs: {line}")
 
@@ -629,14 +634,52 @@ def prove_image(args: argparse.Namespace, run: Run, pip: PipSetup, reference: Pa
     with run.timed("docker run: the web app, until its page loads", DOCKER_RUN_APP):
         run.facts["app"] = start_app(run, docker_function, podman)
 
-    # What the image holds: user, entry point, volume; no compiler, no CUDA, no build secrets.
-    config = json.loads(run.sh(buildah + ["inspect", "--type", "image", IMAGE], capture=True).stdout)["OCIv1"]["config"]
-    run.facts["image_config"] = {k: config.get(k) for k in ("User", "Entrypoint", "Cmd", "WorkingDir", "Volumes")}
+    check_image(run, buildah, docker_function, pip, IMAGE, "image")
+
+    if not args.skip_corpus_image:
+        # The corpus extra: g++ and Python's headers in the first stage only, FluidSynth, a
+        # soundfont and espeak-ng in the last; one short song rendered in the container.
+        with run.timed("image build, EXTRAS=app,corpus", DOCKER_BUILD_CORPUS):
+            run.sh(buildah + ["bud", "--isolation", "chroot", "--network", "host", "--layers=false",
+                              "--build-arg", f"BASE_IMAGE={BASE_IMAGE}:{args.suite}", "--build-arg", "EXTRAS=app,corpus",
+                              *secrets, *volumes, "-t", CORPUS_IMAGE, "-f", str(context / "Dockerfile"), str(context)])
+        run.facts["corpus_image_bytes"] = image_size_bytes(run, podman, CORPUS_IMAGE)
+        os.chown(data, 1000, 1000)
+        with run.timed("docker run: a corpus song", DOCKER_RUN_CORPUS):
+            run.sh(["bash", "-c", docker_function + DOCKER_RUN_CORPUS], cwd=data, label=DOCKER_RUN_CORPUS)
+        run.facts["corpus_song"] = check_corpus_song(data / "corpus")
+        check_image(run, buildah, docker_function, pip, CORPUS_IMAGE, "corpus_image")
+
+    if not args.keep_storage:
+        remove_tree(storage)
+        remove_tree(runroot)
+
+
+def check_corpus_song(folder: Path) -> str:
+    """The one song `danna-sep corpus --tracks 1` writes: five 16-bit files, the mixture the
+    exact sum of the stems."""
+    import numpy as np
+    import soundfile as sf
+    mixtures = sorted(folder.glob("*/*/mixture.wav"))
+    if len(mixtures) != 1:
+        raise FreshRootError(f"{folder}: {len(mixtures)} songs, not 1")
+    song = mixtures[0].parent
+    mixture, rate = sf.read(song / "mixture.wav", dtype="int32", always_2d=True)
+    total = sum(sf.read(song / f"{stem}.wav", dtype="int32", always_2d=True)[0].astype(np.int64) for stem in STEMS)
+    if not np.array_equal(total, mixture) or not np.abs(mixture).max() > 0:
+        raise FreshRootError(f"{song}: the mixture is not the sum of the stems, or silent")
+    return f"{song.relative_to(folder)}: {mixture.shape[0] / rate:.1f} s at {rate} Hz, mixture = sum of the 4 stems"
+
+
+def check_image(run: Run, buildah: List[str], docker_function: str, pip: PipSetup, image: str, key: str) -> None:
+    """What an image holds: user, entry point, volume; no compiler, no CUDA, no build secrets."""
+    config = json.loads(run.sh(buildah + ["inspect", "--type", "image", image], capture=True).stdout)["OCIv1"]["config"]
+    run.facts[f"{key}_config"] = {k: config.get(k) for k in ("User", "Entrypoint", "Cmd", "WorkingDir", "Volumes")}
     if config.get("Entrypoint") != ["danna-sep"] or config.get("User") in (None, "", "root", "0"):
-        raise FreshRootError(f"image config: {run.facts['image_config']}")
+        raise FreshRootError(f"{image} config: {run.facts[f'{key}_config']}")
     if any(e.startswith("PIP_") for e in config.get("Env", [])):
-        raise FreshRootError("image config: a PIP_ variable was baked in")
-    container = run.sh(buildah + ["from", IMAGE], capture=True).stdout.strip()
+        raise FreshRootError(f"{image} config: a PIP_ variable was baked in")
+    container = run.sh(buildah + ["from", image], capture=True).stdout.strip()
     try:
         mounted = Path(run.sh(buildah + ["mount", container], capture=True).stdout.strip())
         compilers = compilers_in(mounted)
@@ -645,21 +688,18 @@ def prove_image(args: argparse.Namespace, run: Run, pip: PipSetup, reference: Pa
         secrets_left = [str(p) for p in [mounted / "run/secrets", mounted / "etc/pip.conf", mounted / "etc/fresh-root"]
                         + [mounted / str(q).lstrip("/") for q in pip.local_paths]
                         if p.exists() and (p.is_file() or any(p.iterdir()))]
-        run.facts["image_packages"] = len(installed_packages(mounted))
-        run.facts["image_compilers"] = compilers
-        run.facts["image_cuda_libraries"] = cuda
-        run.facts["image_build_secrets"] = secrets_left
+        run.facts[f"{key}_packages"] = len(installed_packages(mounted))
+        run.facts[f"{key}_compilers"] = compilers
+        run.facts[f"{key}_cuda_libraries"] = cuda
+        run.facts[f"{key}_build_secrets"] = secrets_left
     finally:
         run.sh(buildah + ["umount", container], check=False)
         run.sh(buildah + ["rm", container], check=False)
-    torch = run.sh(["bash", "-c", docker_function + f"docker run --rm --entrypoint python {IMAGE} -c "
+    torch = run.sh(["bash", "-c", docker_function + f"docker run --rm --entrypoint python {image} -c "
                     "'import torch; print(torch.__version__, torch.version.cuda)'"], capture=True).stdout.split()
-    run.facts["image_torch"] = " ".join(torch)
+    run.facts[f"{key}_torch"] = " ".join(torch)
     if compilers or cuda or secrets_left or torch[-1] != "None":
-        raise FreshRootError(f"image holds compilers {compilers}, CUDA {cuda[:3]}, secrets {secrets_left}, torch {torch}")
-    if not args.keep_storage:
-        remove_tree(storage)
-        remove_tree(runroot)
+        raise FreshRootError(f"{image} holds compilers {compilers}, CUDA {cuda[:3]}, secrets {secrets_left}, torch {torch}")
 
 
 def report(run: Run, args: argparse.Namespace) -> str:
@@ -674,7 +714,7 @@ def report(run: Run, args: argparse.Namespace) -> str:
         lines.append(f"| {step.name} | {step.seconds:.0f} | {step.note.replace('|', '¦')} |")
     lines.append("")
     for key, value in run.facts.items():
-        if key in ("image_bytes", "pipx_venv_bytes"):
+        if key.endswith("_bytes"):
             value = f"{value} bytes ({value / 1e6:.0f} MB, {value / 2**20:.0f} MiB)"
         lines.append(f"- {key}: {value}")
     return "\n".join(lines)
@@ -690,6 +730,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--ref", help="a commit to prove (default: the working tree's files)")
     parser.add_argument("--test-args", default="", help="appended to the README's test command (a subset of the suite)")
     parser.add_argument("--skip-image", action="store_true", help="stop after the chroot proof")
+    parser.add_argument("--skip-corpus-image", action="store_true", help="build no image with EXTRAS=app,corpus")
     parser.add_argument("--keep-storage", action="store_true", help="keep buildah's storage (the images) afterwards")
     parser.add_argument("--json", type=Path, help="also write the steps and facts to this JSON file")
     args = parser.parse_args(argv)
