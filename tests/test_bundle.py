@@ -344,7 +344,7 @@ def _set(path, value):
     (_set(["models", 0, "kwargs"], [1, 2]), "models[0].kwargs: expected object, got [1, 2]"),
     (_set(["models"], []), "lists no models"),
     (_set(["samplerate"], 48000), "samplerate: 48000, but the models work at 44100 Hz"),
-    (_set(["format_version"], 2), "format_version: 2 is newer than this danna-sep reads (1)"),
+    (_set(["format_version"], 3), "format_version: 3 is newer than this danna-sep reads (2)"),
     (_set(["sources"], ["drums", "piano"]), "sources: ['drums', 'piano'] is not a selection of"),
     (_set(["format"], "something-else"), "not a danna-sep bundle manifest"),
     (lambda manifest: '{"format": "danna-sep-bundle",\n "models": [}', "not valid JSON (line 2, column 13"),

@@ -295,7 +295,7 @@ def test_cli_bad_inputs_give_one_line(root, tmp_path, capsys):
     code, err = _run(["evaluate", "--root", str(root), "--oracle", "irm1", "--split", "valid", "-o", str(tmp_path / "r")], capsys)
     assert code == 2 and "--split" in err  # MUSDB18's validation tracks are in train, not test
     code, err = _run(["evaluate", "--root", str(root), "-o", str(tmp_path / "r")], capsys)  # no estimator
-    assert code == 2 and "one of the arguments --bundle --checkpoints --oracle is required" in err
+    assert code == 2 and "one of the arguments --bundle --checkpoints --umx --oracle is required" in err
     assert err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 

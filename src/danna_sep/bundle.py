@@ -3,15 +3,19 @@
 Two formats are read:
 
 - ours, a folder with `bundle.json` (registry name, constructor kwargs, weights file,
-  sha256 and blend weights of each member; versions) and one `.safetensors` file per member;
+  sha256 and blend weights of each member; versions) and one `.safetensors` file per model.
+  A member may be a group of single-target models of one network, one per source, whose
+  estimates share one Wiener filter (`TargetGroup`): its entry lists each model's kwargs,
+  weights file and sha256 under `group` (format_version 2; a bundle without groups is
+  still written as version 1, which older readers take);
 - the original Danna-Sep tool's checkpoint folder: one TorchScript file per member of the
   paper's blend, named by each network's `original_file` (an ONNX form instead where the
   network names an `original_onnx`), blended with the paper's table (`fast=True`: the fast
   table's members only).
 
-A member is a model and its blend weights; the model itself says what it is (its registry
-name, its constructor arguments in `model.config`, its original file), so nothing here
-asks for a network by its name.
+A member is a model (or a `TargetGroup` of them) and its blend weights; the model itself
+says what it is (its registry name, its constructor arguments in `model.config`, its
+original file), so nothing here asks for a network by its name.
 
 A missing, truncated or tampered weights file is a `BundleError` naming the file.
 """
@@ -24,19 +28,22 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 
 from . import SAMPLERATE, __version__, atomic, models, schema
 from .catalog import BUNDLE_FILE, ORIGINAL_FILES  # noqa: F401 - ORIGINAL_FILES: for the bundle's callers
 from .errors import DannaSepError
-from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
+from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel, TargetGroup
 
 log = logging.getLogger(__name__)
 
 FORMAT = "danna-sep-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest format read and written: 2 added target groups (`GroupEntry`)."""
+UNGROUPED_VERSION = 1
+"""The version of a bundle without groups, written as such so that older readers take it."""
 
 # `load_original_file(NAME + ONNX_SUFFIX, path)` loads the ONNX form of network NAME.
 ONNX_SUFFIX = "_onnx"
@@ -87,15 +94,20 @@ class BundleError(DannaSepError):
 
 @dataclass
 class Member:
-    """One model of a bundle with its blend weights per source."""
+    """One model of a bundle, or a group of single-target models, with its blend weights per source."""
 
-    model: SeparationModel
+    model: Union[SeparationModel, TargetGroup]
     blend: Dict[str, float]
 
     @property
     def name(self) -> str:
-        """The model's registry name."""
+        """The model's registry name (a group's: its network's)."""
         return self.model.name
+
+    @property
+    def networks(self) -> List[SeparationModel]:
+        """The model, or a group's models in order."""
+        return self.model.targets if isinstance(self.model, TargetGroup) else [self.model]
 
 
 @dataclass
@@ -113,6 +125,38 @@ class MemberEntry:
     """Weight per source in the blend."""
 
 
+@dataclass
+class GroupModel:
+    """One model of a group in `bundle.json`."""
+
+    kwargs: Dict[str, Any]
+    """Constructor arguments (`model.config` when written)."""
+    weights: str
+    """The safetensors file, in the bundle folder."""
+    sha256: str
+
+
+@dataclass
+class GroupEntry:
+    """A group of single-target models of network `name` in `bundle.json` (format_version 2):
+    one member whose models' estimates share one Wiener filter."""
+
+    TAG = "group"  # an entry with this key is a group (danna_sep.schema)
+    name: str
+    """Registry name of every model of the group."""
+    group: List[GroupModel]
+    """The models, one per source, in order."""
+    blend: Dict[str, float]
+    """Weight per source in the blend."""
+
+
+def _models_of(entry: Union[MemberEntry, GroupEntry]) -> List[GroupModel]:
+    """The models an entry lists: a group's, or the one it names."""
+    if isinstance(entry, GroupEntry):
+        return list(entry.group)
+    return [GroupModel(kwargs=entry.kwargs, weights=entry.weights, sha256=entry.sha256)]
+
+
 @dataclass(kw_only=True)
 class Manifest:
     """`bundle.json`. Writers may add keys of their own (export adds the members' training
@@ -123,7 +167,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     sources: List[str] = field(default_factory=lambda: list(SOURCES))
     samplerate: int = SAMPLERATE
-    models: List[MemberEntry]
+    models: List[Union[GroupEntry, MemberEntry]]
     versions: Dict[str, str] = field(default_factory=dict)
 
 
@@ -161,20 +205,27 @@ def save_bundle(
     target = Path(folder)
     if target.exists() and not force:
         raise BundleError(f"{target}: already exists (use --force to overwrite)")
+    for member in members:  # fails before anything is written
+        for network in member.networks:
+            if models.get(network.name) is not type(network):
+                raise KeyError(f"{type(network).__name__} is not the registry's {network.name!r}")
     with atomic.writing(target, directory=True) as staging:
         entries = []
         for index, member in enumerate(members):
-            if models.get(member.name) is not type(member.model):  # fails before anything is written
-                raise KeyError(f"{type(member.model).__name__} is not the registry's {member.name!r}")
-            filename = f"{index:02d}-{member.name}.safetensors"
-            state = {k: v.detach().cpu().contiguous() for k, v in member.model.state_dict().items()}
-            save_file(state, str(staging / filename))
-            entries.append(MemberEntry(name=member.name, kwargs=member.model.config, weights=filename,
-                                       sha256=sha256_of(staging / filename),
-                                       blend={s: float(member.blend.get(s, 0.0)) for s in sources}))
+            grouped = isinstance(member.model, TargetGroup)
+            written = []
+            for network in member.networks:
+                filename = f"{index:02d}-{member.name}" + (f"-{network.sources[0]}" if grouped else "") + ".safetensors"
+                state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
+                save_file(state, str(staging / filename))
+                written.append(GroupModel(kwargs=network.config, weights=filename, sha256=sha256_of(staging / filename)))
+            blend = {s: float(member.blend.get(s, 0.0)) for s in sources}
+            entries.append(GroupEntry(name=member.name, group=written, blend=blend) if grouped else
+                           MemberEntry(name=member.name, blend=blend, **schema.to_json(written[0])))
+        grouped = any(isinstance(entry, GroupEntry) for entry in entries)
         manifest = schema.to_json(Manifest(
-            format=FORMAT, format_version=FORMAT_VERSION, sources=list(sources), samplerate=SAMPLERATE,
-            models=entries, versions={"danna_sep": __version__, "torch": torch.__version__}))
+            format=FORMAT, format_version=FORMAT_VERSION if grouped else UNGROUPED_VERSION, sources=list(sources),
+            samplerate=SAMPLERATE, models=entries, versions={"danna_sep": __version__, "torch": torch.__version__}))
         if extra:
             manifest.update(extra)
         (staging / BUNDLE_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -182,7 +233,8 @@ def save_bundle(
         # copied to other users): the weights get the mode a plain open() gave bundle.json.
         mode = (staging / BUNDLE_FILE).stat().st_mode & 0o777
         for entry in entries:
-            (staging / entry.weights).chmod(mode)
+            for written_model in _models_of(entry):
+                (staging / written_model.weights).chmod(mode)
     return target
 
 
@@ -211,6 +263,8 @@ def read_manifest(folder: str | os.PathLike) -> Manifest:
         raise fail("lists no models")
     for index, entry in enumerate(manifest.models):
         key = f"models[{index}]"
+        if isinstance(entry, GroupEntry) and not entry.group:
+            raise fail(f"{key}.group: lists no models")
         try:
             models.get(entry.name)
         except KeyError as exc:
@@ -256,17 +310,27 @@ def load_bundle(folder: str | os.PathLike) -> Bundle:
     manifest = read_manifest(root)
     members = []
     for index, entry in enumerate(manifest.models):
-        weights = root / entry.weights
-        if not weights.is_file():
-            raise BundleError(f"{weights}: weights file missing")
-        if sha256_of(weights) != entry.sha256:
-            raise BundleError(f"{weights}: sha256 does not match the bundle (truncated or tampered)")
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise BundleError(f"{weights}: unreadable weights ({exc})") from None
-        model = _build_with_weights(entry.name, entry.kwargs, state, weights, f"models[{index}]")
-        model.eval()
+        networks = []
+        grouped = isinstance(entry, GroupEntry)
+        for number, part in enumerate(_models_of(entry)):
+            key = f"models[{index}]" + (f".group[{number}]" if grouped else "")
+            weights = root / part.weights
+            if not weights.is_file():
+                raise BundleError(f"{weights}: weights file missing")
+            if sha256_of(weights) != part.sha256:
+                raise BundleError(f"{weights}: sha256 does not match the bundle (truncated or tampered)")
+            try:
+                state = load_file(str(weights))
+            except (SafetensorError, OSError) as exc:
+                raise BundleError(f"{weights}: unreadable weights ({exc})") from None
+            networks.append(_build_with_weights(entry.name, part.kwargs, state, weights, key).eval())
+        if not grouped:
+            model: Union[SeparationModel, TargetGroup] = networks[0]
+        else:
+            try:
+                model = TargetGroup(networks)
+            except ValueError as exc:  # not single-target models, or a source twice
+                raise BundleError(f"{root / BUNDLE_FILE}: models[{index}].group: {exc}") from None
         members.append(Member(model, dict(entry.blend)))
     return Bundle(members=members, sources=list(manifest.sources), origin=str(root))
 

@@ -1,7 +1,8 @@
 """Converters from upstream checkpoints to danna-sep models.
 
 - the official X-UMX (asteroid layout, `pretrained_xumx_musdb18HQ.pth`) -> `xumx`
-- an open-unmix target (umxhq / umxl layout, e.g. `vocals-b62c91ce.pth`) -> `umx`
+- an open-unmix target (umxhq / umxl layout, e.g. `vocals-b62c91ce.pth`) -> `umx`, and a
+  set of four as a bundle (`load_umx`, `danna-sep separate --umx`)
 
 Files are read with `torch.load(weights_only=True)`: no pickled code is ever run.
 Each converter returns `(kwargs, state_dict)`: `models.build(name, **kwargs)` then
@@ -12,12 +13,16 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Dict, Mapping, Tuple
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Tuple
 
 import torch
 
 from .errors import DannaSepError
-from .models import SOURCES
+from .models import SOURCES, SeparationModel
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
 
 StateDict = Dict[str, torch.Tensor]
 
@@ -127,3 +132,86 @@ def umx_from_openunmix(
         "target": target,
     }
     return kwargs, dict(state)
+
+
+# --- Open-Unmix's published files, as torch hub keeps them --------------------------------
+
+#: Open-Unmix's file names: the target, then the start of the file's sha256 (torch hub's
+#: convention: at least 8 hex digits in the published files).
+UMX_FILE = re.compile(r"(?P<target>[a-z]+)-(?P<digest>[0-9a-f]{8,64})\.pth")
+#: The families `--umx` takes by name, in torch hub's checkpoints folder.
+UMX_FAMILIES = ("umxhq", "umxl")
+
+
+def umx_files(spec: str | os.PathLike) -> Dict[str, Path]:
+    """`{target: file}` of one Open-Unmix set: `spec` is "umxhq" or "umxl" (their published
+    names in torch hub's checkpoints folder, where `danna-sep download` puts them) or a folder
+    holding one `TARGET-HASH.pth` per source (with several sets, the one published set
+    complete there). A missing or ambiguous file is a `CheckpointError` naming the folder."""
+    from .download.sources import FAMILIES, torch_hub_checkpoints
+
+    family = str(spec) if str(spec) in UMX_FAMILIES else None
+    folder = torch_hub_checkpoints() if family else Path(spec)
+    fetch = f"danna-sep download {family or 'umxhq'}" + ("" if family else f" --to {folder}")
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such folder ({fetch} fetches Open-Unmix's files)")
+    found: Dict[str, List[Path]] = {source: [] for source in SOURCES}
+    for path in sorted(folder.iterdir()):
+        match = UMX_FILE.fullmatch(path.name)
+        if match and match["target"] in found and path.is_file():
+            found[match["target"]].append(path)
+    published = {name: {f.name for f in FAMILIES[name].files} for name in UMX_FAMILIES}
+    if family is not None:
+        found = {t: [p for p in paths if p.name in published[family]] for t, paths in found.items()}
+    elif any(len(paths) > 1 for paths in found.values()):
+        complete = [name for name in UMX_FAMILIES
+                    if all(any(p.name in published[name] for p in paths) for paths in found.values())]
+        if len(complete) != 1:
+            target = next(t for t, paths in found.items() if len(paths) > 1)
+            raise CheckpointError(f"{folder}: several Open-Unmix files for {target} "
+                                  f"({', '.join(p.name for p in found[target])}): keep one set per folder")
+        found = {t: [p for p in paths if p.name in published[complete[0]]] for t, paths in found.items()}
+    missing = [t for t, paths in found.items() if not paths]
+    if missing:
+        names = ", ".join(f"{t}-HASH.pth" for t in missing)
+        if family is not None:
+            names = ", ".join(f.name for f in FAMILIES[family].files if UMX_FILE.fullmatch(f.name)["target"] in missing)
+        raise CheckpointError(f"{folder}: no Open-Unmix {names} ({fetch} fetches them)")
+    return {target: paths[0] for target, paths in found.items()}
+
+
+def load_umx_file(path: Path, target: str) -> SeparationModel:
+    """One Open-Unmix target file (an `openunmix` state dict, read with weights_only) as our
+    network, after checking the sha256 prefix its name carries; loaded with `strict=True`."""
+    from . import models
+    from .download.sources import FAMILIES
+    from .hashing import file_sha256
+
+    digest = UMX_FILE.fullmatch(path.name)["digest"]
+    actual = file_sha256(path)
+    if not actual.startswith(digest):
+        family = next((name for name in UMX_FAMILIES if path.name in {f.name for f in FAMILIES[name].files}), None)
+        again = f"danna-sep download {family} fetches it again" if family else "fetch it again"
+        raise CheckpointError(f"{path}: sha256 starts {actual[:len(digest)]}, not {digest} as its name says "
+                              f"(a damaged or partial file; {again})")
+    state = load_state_file(path)
+    try:
+        kwargs, _ = umx_from_openunmix(state, target=target)
+        model = models.build("umx", **kwargs)
+        model.load_state_dict(model.adopt_state(state), strict=True)
+    except (CheckpointError, RuntimeError, ValueError, TypeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not an Open-Unmix target ({first})") from None
+    return model.eval()
+
+
+def load_umx(spec: str | os.PathLike) -> "Bundle":
+    """Open-Unmix's four targets (`umx_files(spec)`) as a bundle of one member, a group whose
+    magnitudes share one Wiener filter, as `openunmix.Separator` filters them."""
+    from .bundle import Bundle, Member
+    from .models import TargetGroup
+
+    files = umx_files(spec)
+    group = TargetGroup([load_umx_file(path, target) for target, path in files.items()])
+    return Bundle([Member(group, {source: 1.0 for source in files})], list(SOURCES),
+                  origin=str(next(iter(files.values())).parent))

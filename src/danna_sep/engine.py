@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from . import spectral
-from .models.base import contract_of
+from .models.base import TargetGroup, contract_of
 from .wiener import DEFAULT_EPS, apply_wiener, frame_statistics, wiener_from_statistics
 
 log = logging.getLogger(__name__)
@@ -175,6 +175,10 @@ class ModelRunner:
     get the magnitude STFT and their masks or magnitudes are Wiener-filtered against the
     mixture STFT and inverted to exactly the chunk's length.
 
+    A `TargetGroup` (single-target magnitude models, one per source) is one separation
+    function: its models' estimates are joined into one `(sources, ...)` estimate before a
+    single Wiener filter, as one multi-source model's would be.
+
     In bfloat16 an eager model runs as a bfloat16 copy (about a quarter faster than autocast,
     which converts between the precisions around every layer); with `own_model` the model
     itself is converted instead, saving the copy's memory.
@@ -187,8 +191,11 @@ class ModelRunner:
             options = replace(options, precision=precision)
         self.device = device
         self.options = options
-        contract = contract_of(model)
-        self.sources: List[str] = contract.sources
+        parts = list(model) if isinstance(model, TargetGroup) else [model]
+        contract = contract_of(parts[0])
+        # A group's estimates are stacked in its order (its models are one network, so one
+        # contract, layout and precision serve them all).
+        self.sources: List[str] = [source for part in parts for source in contract_of(part).sources]
         self.input_domain: str = contract.input_domain
         self.output_kind: str = contract.output_kind
         self.samplerate: int = contract.samplerate
@@ -205,7 +212,7 @@ class ModelRunner:
             model.to(memory_format=torch.channels_last)
         has_weights = any(p.is_floating_point() for p in model.parameters())
         self.cast = (precision == "bfloat16" and has_weights
-                     and not isinstance(model, torch.jit.ScriptModule))
+                     and not any(isinstance(part, torch.jit.ScriptModule) for part in parts))
         if self.cast:
             model = (model if own_model else copy.deepcopy(model)).to(torch.bfloat16)
         self.model = model
@@ -217,7 +224,11 @@ class ModelRunner:
         if self.cast:
             x = x.to(torch.bfloat16)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(x)
+            if self.output_kind == "magnitude":  # one target per network, joined along the sources
+                networks = list(self.model) if isinstance(self.model, TargetGroup) else [self.model]
+                out = torch.stack([network(x) for network in networks], dim=1)
+            else:
+                out = self.model(x)
         return out.float().contiguous()
 
     @torch.no_grad()
@@ -250,10 +261,8 @@ class ModelRunner:
         mix_stft = spectral.stft(x)
         mag = mix_stft.abs()
         out = self._masks(mag, chunk)
-        if self.output_kind == "mask":
-            estimates = out * mag.unsqueeze(1)
-        else:  # a magnitude model estimates one target: (1, channels, bins, frames)
-            estimates = out.unsqueeze(1)
+        # masks, or magnitude estimates (1, sources, channels, bins, frames) as `_forward` joins them
+        estimates = out * mag.unsqueeze(1) if self.output_kind == "mask" else out
         return mix_stft, estimates, padded
 
     def uses_track_statistics(self) -> bool:

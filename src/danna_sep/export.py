@@ -2,7 +2,9 @@
 
 `members_from_checkpoints` reads run folders (their best checkpoint by validation SDR, else
 the last) or checkpoint files, rebuilds each model from the registry name and constructor
-arguments the checkpoint carries, and pairs it with blend weights:
+arguments the checkpoint carries, and pairs it with blend weights. Single-target models (one
+run per source, such as Open-Unmix's) become one member together, a `TargetGroup` whose
+estimates share one Wiener filter. The blend weights, one table per member:
 
 - "paper": Danna-Sep's table (X-UMX, U-Net, Demucs; the "fast" table for U-Net + Demucs);
 - "equal": every model that produces a source gets the same share of it;
@@ -25,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+from torch import nn
+
 from . import models
 from .bundle import Bundle, BundleError, Member, export_original, save_bundle
 from .errors import USAGE, DannaSepError
-from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel
+from .models import FAST_BLEND, PAPER_BLEND, SOURCES, SeparationModel, TargetGroup, contract_of
 from .progress import TaskProgressFn
 
 log = logging.getLogger(__name__)
@@ -118,9 +122,31 @@ def _weights(table: Any, where: str) -> Dict[str, float]:
     return out
 
 
-def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> List[Dict[str, float]]:
-    """Per-model {source: weight} for `trained`, from a blend spec (see the module docstring)."""
-    names = [t.name for t in trained]
+def join_targets(trained: Sequence[TrainedModel]) -> List[nn.Module]:
+    """The members' models: each trained model, except that the single-target ones, where
+    several were given, form one `TargetGroup` (in the order given, where the first stood)."""
+    single = [t for t in trained if contract_of(t.model).output_kind == "magnitude"]
+    if len(single) < 2:
+        return [t.model for t in trained]
+    try:
+        group = TargetGroup([t.model for t in single])
+    except ValueError as exc:  # two runs of one target, or of two networks
+        sources = ", ".join(f"{t.source} ({t.name}, {t.model.sources[0]})" for t in single)
+        raise ExportError(f"{sources}: single-target models form one group of one network, one per source: "
+                          f"{exc}") from None
+    out: List[nn.Module] = []
+    for t in trained:
+        if t is single[0]:
+            out.append(group)
+        elif all(t is not s for s in single):
+            out.append(t.model)
+    return out
+
+
+def blend_tables(members: Sequence[nn.Module], blend: BlendSpec = None) -> List[Dict[str, float]]:
+    """Per-member {source: weight} for the members' models (each with a `name` and
+    `sources`), from a blend spec (see the module docstring)."""
+    names = [m.name for m in members]
     if blend is None:
         blend = "paper" if len(set(names)) == len(names) and set(names) <= set(PAPER_BLEND) and len(names) > 1 else "equal"
     if isinstance(blend, str) and blend not in ("paper", "equal"):
@@ -132,11 +158,13 @@ def blend_tables(trained: Sequence[TrainedModel], blend: BlendSpec = None) -> Li
             raise _blend_error(f"--blend paper: covers {', '.join(table)} once each, not {', '.join(names)}")
         return [dict(table[n]) for n in names]
     if blend == "equal":
-        counts = {s: sum(s in t.model.sources for t in trained) for s in SOURCES}
-        return [{s: (1.0 / counts[s] if s in t.model.sources else 0.0) for s in SOURCES} for t in trained]
+        counts = {s: sum(s in m.sources for m in members) for s in SOURCES}
+        return [{s: (1.0 / counts[s] if s in m.sources else 0.0) for s in SOURCES} for m in members]
     if isinstance(blend, list):
-        if len(blend) != len(trained):
-            raise _blend_error(f"--blend: {len(blend)} tables for {len(trained)} models")
+        if len(blend) != len(members):
+            grouped = " (the single-target models are one member)" if any(
+                isinstance(m, TargetGroup) for m in members) else ""
+            raise _blend_error(f"--blend: {len(blend)} tables for {len(members)} members{grouped}")
         return [_weights(entry, f"--blend[{i}]") for i, entry in enumerate(blend)]
     if isinstance(blend, dict):
         if len(set(names)) != len(names):
@@ -160,13 +188,14 @@ def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: 
     if not 0.0 <= alpha <= 1.0:
         raise _blend_error(f"--alpha {alpha}: must be between 0 and 1")
     where = anchor.origin or "the anchor bundle"
-    if len(anchor.members) != len(trained):
-        raise ExportError(f"{where}: {len(anchor.members)} models, but {len(trained)} were given to export")
-    for t, member in zip(trained, anchor.members):
-        if (member.name, member.model.config) != (t.name, t.model.config):
-            raise ExportError(f"{where}: {member.name}({member.model.config}) cannot be interpolated with "
+    networks = [network for member in anchor.members for network in member.networks]  # a group's in order
+    if len(networks) != len(trained):
+        raise ExportError(f"{where}: {len(networks)} models, but {len(trained)} were given to export")
+    for t, network in zip(trained, networks):
+        if (network.name, network.config) != (t.name, t.model.config):
+            raise ExportError(f"{where}: {network.name}({network.config}) cannot be interpolated with "
                               f"{t.source}'s {t.name}({t.model.config})")
-        ours, theirs = t.model.state_dict(), member.model.state_dict()
+        ours, theirs = t.model.state_dict(), network.state_dict()
         mixed = {}
         for key, value in ours.items():
             if value.is_floating_point():
@@ -192,26 +221,27 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
     trained = [read_trained(p) for p in paths]
     if interpolate is not None:
         interpolate_weights(trained, *interpolate)
+    joined = join_targets(trained)
     fitted = None
     if fit_tracks is not None:
         if blend is not None:
             raise _blend_error("--blend: give blend weights or tracks to fit them on, not both")
         from .blendfit import fit_blend
 
-        fit = fit_blend([t.model for t in trained], fit_tracks, SOURCES, device="cpu", progress=progress)
+        fit = fit_blend(joined, fit_tracks, SOURCES, device="cpu", progress=progress)
         tables = fit.weights
         fitted = {"tracks": [t.name for t in fit_tracks], "member_sdr": fit.member_sdr,
                   "blend_sdr": fit.blend_sdr}
-        for t, table, alone in zip(trained, tables, fit.member_sdr):
-            log.debug("%s: weights %s; alone %s", t.name, table, {k: round(v, 2) for k, v in alone.items()})
+        for model, table, alone in zip(joined, tables, fit.member_sdr):
+            log.debug("%s: weights %s; alone %s", model.name, table, {k: round(v, 2) for k, v in alone.items()})
         log.debug("blend: %s", {k: round(v, 2) for k, v in fit.blend_sdr.items()})
     else:
-        tables = blend_tables(trained, blend)
+        tables = blend_tables(joined, blend)
     for source in SOURCES:
         total = sum(t.get(source, 0.0) for t in tables)
         if total and abs(total - 1.0) > 1e-6:
             log.warning("blend weights of %s sum to %.4g, not 1", source, total)
-    members = [Member(t.model, table) for t, table in zip(trained, tables)]
+    members = [Member(model, table) for model, table in zip(joined, tables)]
     return members, [t.metadata for t in trained], fitted
 
 

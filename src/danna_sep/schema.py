@@ -6,7 +6,10 @@
 `source` (the file) and names the dotted key: `run.json: train.epochs: expected integer,
 got "3"`, `bundle.json: unknown key models[0].sha265 (known in models[0]: ...)`, `missing key
 models[1].weights`. A dataclass that sets `OPEN_KEYS = True` ignores keys it does not
-declare (bundle manifests, which callers may extend); any other refuses them.
+declare (bundle manifests, which callers may extend); any other refuses them. In a `Union`
+of dataclasses, one that sets `TAG = "key"` is the form of every object holding that key,
+and the untagged one the form of the others, so that a problem is reported against the form
+the object meant (bundle.json's group entries beside its single models).
 
 Written here rather than taken from pydantic or dacite: the inference install would gain a
 dependency (pydantic, about 0.1 s to import) for a hundred lines, and neither names the
@@ -79,6 +82,12 @@ class _Reader:
                 if type(None) in options:
                     return None
                 raise bad()
+            forms = [o for o in options if dataclasses.is_dataclass(o)]
+            if len(forms) > 1 and isinstance(value, Mapping):
+                tagged = [o for o in forms if getattr(o, "TAG", None) in value]
+                meant = tagged or [o for o in forms if getattr(o, "TAG", None) is None]
+                if len(meant) == 1:
+                    return self.build(meant[0], value, key + ".")
             for option in options:
                 if option is type(None):
                     continue

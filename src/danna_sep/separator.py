@@ -63,15 +63,22 @@ def resolve_bundle(
     bundle: Union[Bundle, str, os.PathLike, None] = None,
     checkpoints: Union[str, os.PathLike, None] = None,
     fast: bool = False,
+    umx: Union[str, os.PathLike, None] = None,
 ) -> Bundle:
     """A bundle object, a bundle folder, a bundle's name (shipped, or in a `$DANNA_BUNDLES`
-    folder: `catalog.find_bundle`), or the original tool's checkpoints folder.
+    folder: `catalog.find_bundle`), the original tool's checkpoints folder, or Open-Unmix's
+    published files (`umx`: "umxhq" or "umxl" from torch hub's checkpoints folder, or a
+    folder of `TARGET-HASH.pth` files; `convert.load_umx`).
 
     Given neither a bundle nor checkpoints, the original tool's checkpoints in the folder
     `$DANNA_CHECKPOINTS` names are used when it is set, else the shipped default bundle.
     """
     if isinstance(bundle, Bundle):
         return bundle
+    if umx is not None:
+        from .convert import load_umx
+
+        return load_umx(umx)
     if checkpoints is None and bundle is None:
         checkpoints = catalog.checkpoints_folder()
         if checkpoints is not None:
@@ -114,6 +121,7 @@ class Separator:
         *,
         checkpoints: Union[str, os.PathLike, None] = None,
         fast: bool = False,
+        umx: Union[str, os.PathLike, None] = None,
         device: Union[str, torch.device] = "auto",
         segment: float = 10.0,
         overlap: float = 0.25,
@@ -125,7 +133,7 @@ class Separator:
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
-        self.bundle = resolve_bundle(bundle, checkpoints, fast)
+        self.bundle = resolve_bundle(bundle, checkpoints, fast, umx)
         # A bundle we loaded is ours to cast to bfloat16; a caller's keeps its dtype (the
         # runner casts a copy) but is moved to the device and put in eval mode, in place.
         own_models = not isinstance(bundle, Bundle)

@@ -134,9 +134,10 @@ def _estimator(args: argparse.Namespace, place: Distributed):
         if torch.cuda.is_available():  # one GPU per rank, as torchrun numbers them
             device = f"cuda:{place.local_rank}"
     separator = Separator(
-        args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
+        args.bundle, checkpoints=args.checkpoints, fast=args.fast, umx=args.umx, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
         pipeline=args.pipeline,
     )
-    description = f"checkpoints {args.checkpoints}" if args.checkpoints else f"bundle {args.bundle}"
+    description = (f"checkpoints {args.checkpoints}" if args.checkpoints else f"Open-Unmix {args.umx}" if args.umx
+                   else f"bundle {args.bundle}")
     return separator_estimator(separator), description

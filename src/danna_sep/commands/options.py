@@ -79,14 +79,19 @@ def comma_list(choices: List[str]) -> Callable[[str], List[str]]:
 
 
 def add_model_arguments(choice, extra) -> None:
-    """--bundle and --checkpoints into `choice` (an argument group, or a mutually exclusive
-    one), --fast into `extra`."""
+    """--bundle, --checkpoints and --umx into `choice` (an argument group, or a mutually
+    exclusive one), --fast into `extra`."""
     choice.add_argument("--bundle", default=None,
                         help="bundle folder, or the name of a shipped bundle or of one in a $DANNA_BUNDLES "
                              "folder (danna-sep models lists them) (default: the shipped default)")
     choice.add_argument("--checkpoints", default=None, metavar="DIR",
                         help="the original tool's TorchScript checkpoints folder (separate uses "
                              "$DANNA_CHECKPOINTS when set and neither this nor --bundle is given)")
+    choice.add_argument("--umx", default=None, metavar="umxhq|umxl|DIR",
+                        help="Open-Unmix's published files, one TARGET-HASH.pth per source (their names' "
+                             "sha256 prefixes are checked): umxhq or umxl from torch hub's checkpoints folder, "
+                             "where 'danna-sep download umxhq|umxl' puts them, or a folder holding one set "
+                             "(./umxhq for a folder of that name)")
     extra.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
 
 

@@ -131,6 +131,9 @@ def _usage_problem(args: argparse.Namespace) -> Optional[str]:
         return "--stems and --two-stems exclude each other"
     from ..catalog import checkpoints_folder, find_bundle
 
+    if args.umx is not None and (args.bundle is not None or args.checkpoints is not None or args.fast):
+        given = "--bundle" if args.bundle is not None else "--checkpoints" if args.checkpoints is not None else "--fast"
+        return f"--umx and {given} exclude each other: --umx separates with Open-Unmix's files alone"
     if (args.bundle is not None and args.checkpoints is None and not Path(args.bundle).is_dir()
             and find_bundle(args.bundle) is None):
         return f"--bundle {args.bundle}: no such bundle folder or name (danna-sep models lists them)"
@@ -422,7 +425,7 @@ def _separate_all(args: argparse.Namespace, files: List[_Input], report: Report,
 
     started = time.monotonic()
     separator = report.separator = Separator(
-        args.bundle, checkpoints=args.checkpoints, fast=args.fast, device=device,
+        args.bundle, checkpoints=args.checkpoints, fast=args.fast, umx=args.umx, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
         pipeline=args.pipeline,
     )

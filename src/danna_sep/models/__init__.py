@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Type
 
 from torch import nn
 
-from .base import INPUT_DOMAINS, OUTPUT_KINDS, Contract, SeparationModel, contract_of
+from .base import INPUT_DOMAINS, OUTPUT_KINDS, Contract, SeparationModel, TargetGroup, contract_of
 from .common import SOURCES
 from .demucs import DemucsSplit, DemucsV1
 from .umx import OpenUnmix
@@ -65,5 +65,6 @@ def parameter_count(model: nn.Module) -> int:
 
 
 __all__ = ["SOURCES", "build", "get", "names", "parameter_count", "SeparationModel", "Contract", "contract_of",
+           "TargetGroup",
            "INPUT_DOMAINS", "OUTPUT_KINDS", "PAPER_BLEND", "FAST_BLEND",
            "XUMX", "UNetAttn", "DemucsSplit", "OpenUnmix", "DemucsV1"]

@@ -30,6 +30,10 @@ original tool).
 TorchScript keeps a module's instance attributes only, so the class's `input_domain`,
 `output_kind` and `original_chunk_frames` are copied onto each instance: a scripted model
 still states its contract. `contract_of` reads the contract from any module.
+
+A `TargetGroup` holds single-target models of one network, one per source (Open-Unmix's
+four targets): a bundle member whose magnitude estimates the engine joins before one
+Wiener filter, since a target filtered alone would get the whole mixture back.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -159,3 +163,44 @@ def contract_of(model: nn.Module) -> Contract:
     chunk = getattr(model, "original_chunk_frames", None)
     return Contract(sources, domain, kind, int(getattr(model, "samplerate", SAMPLERATE)),  # type: ignore[arg-type]
                     None if chunk is None else int(chunk))
+
+
+class TargetGroup(nn.ModuleList):
+    """Single-target models of one network, one per source, run as one bundle member: the
+    engine joins their magnitude estimates `(batch, channels, bins, frames)` each into
+    `(batch, sources, channels, bins, frames)` before one Wiener filter.
+
+    Not a network itself (nothing to call): `targets` are its models, `sources` theirs in order.
+    """
+
+    # A group has no file in the original tool (export_original asks).
+    original_file: Optional[str] = None
+    original_onnx: Optional[str] = None
+    input_domain = "magnitude"
+    output_kind = "magnitude"
+
+    def __init__(self, targets: Sequence[SeparationModel]):
+        super().__init__(targets)
+        if not targets:
+            raise ValueError("a target group needs at least one model")
+        contracts = [contract_of(model) for model in targets]
+        kinds = {(c.input_domain, c.output_kind) for c in contracts}
+        if kinds != {("magnitude", "magnitude")}:
+            raise ValueError("a target group joins single-target magnitude models only, not "
+                             + ", ".join(f"{d} -> {k}" for d, k in sorted(kinds)))
+        names = sorted({str(getattr(model, "name", type(model).__name__)) for model in targets})
+        if len(names) != 1:
+            raise ValueError(f"a target group holds one network, not {', '.join(names)}")
+        self.name: str = names[0]
+        self.sources: List[str] = [c.sources[0] for c in contracts]
+        twice = sorted({s for s in self.sources if self.sources.count(s) > 1})
+        if twice:
+            raise ValueError(f"a target group holds one model per source; {', '.join(twice)} has several")
+        rates = {c.samplerate for c in contracts}
+        if len(rates) != 1:
+            raise ValueError(f"a target group's models work at one sample rate, not {sorted(rates)}")
+        self.samplerate: int = rates.pop()
+
+    @property
+    def targets(self) -> List[SeparationModel]:
+        return list(self)
