@@ -46,6 +46,7 @@ import platform
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -74,7 +75,8 @@ BARE_DEBIAN = [
 # Debian, outside the virtual environment).
 PIPX_LINES = [
     "pip wheel --no-deps -w dist .",
-    'pipx install dist/danna_sep-*.whl --pip-args="--extra-index-url https://download.pytorch.org/whl/cpu torch==2.13.0"',
+    "echo torch==2.13.0 > torch-cpu.txt",
+    'pipx install dist/danna_sep-*.whl --pip-args="--extra-index-url https://download.pytorch.org/whl/cpu -c $PWD/torch-cpu.txt"',
 ]
 # The README's docker lines, run in a folder holding songs/synth-song.mp3 and song.mp3 (the
 # example); `docker` is podman with this machine's flags. The second line is run with a uid
@@ -390,10 +392,11 @@ class Chroot:
             shutil.copy(self.pip.cert, config / "pip-cert.pem")
         (config / "pip.conf").write_text(self.pip.conf_text("/etc/fresh-root/pip-cert.pem"))
         shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
-        # debootstrap writes no /etc/hosts (Debian's installer does, and container engines
-        # provide one): without it `localhost` does not resolve, and torchrun's store fails.
+        # debootstrap writes no /etc/hosts; Debian's installer writes localhost and the
+        # machine's name (127.0.1.1), and torchrun's store resolves both.
         if not (root / "etc/hosts").exists():
-            (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+            (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{socket.gethostname()}\n"
+                                            "::1\tlocalhost ip6-localhost ip6-loopback\n")
         # A person at the terminal answers apt's question; in the proof, apt's own setting does.
         (root / "etc/apt/apt.conf.d/90fresh-root-assume-yes").write_text('APT::Get::Assume-Yes "true";\n')
         return self
@@ -446,7 +449,6 @@ def reference_stems(run: Run, out: Path) -> Path:
 def start_app(run: Run, docker_function: str, podman: List[str], timeout: float = 600.0) -> str:
     """The README's web app line, until its page answers on the published port; then Ctrl-C's
     sibling, SIGTERM, as `docker stop` sends it."""
-    import socket
     import urllib.request
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", 7860)) == 0:
@@ -559,7 +561,8 @@ def prove(args: argparse.Namespace, run: Run) -> None:
                 raise FreshRootError(f"{wheel.name} lacks {lacking[0]} (and {len(lacking) - 1} more)")
             run.facts["wheel"] = f"{wheel.name}, {wheel.stat().st_size / 1e6:.1f} MB, bundle inside"
             chroot.line("apt-get install -y --no-install-recommends pipx", venv=False)
-            chroot.line(PIPX_LINES[1], venv=False)
+            for line in PIPX_LINES[1:]:
+                chroot.line(line, venv=False)
         pipx_out = "/root/pipx-check"
         with run.timed("pipx's danna-sep separate (example)"):
             chroot.line(f"mkdir -p {pipx_out}", venv=False)
