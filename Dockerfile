@@ -26,7 +26,7 @@ FROM ${BASE_IMAGE} AS build
 ARG EXTRAS=app
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 # The corpus extra builds pyworld from source: g++ and Python's headers, here only.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
@@ -48,7 +48,7 @@ RUN --mount=type=secret,id=pip.conf,target=/run/secrets/pip.conf \
 # --- runtime: Python and the shared libraries the extras load, no compilers -----------------
 FROM ${BASE_IMAGE}
 ARG EXTRAS=app
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
  && case ",${EXTRAS}," in *,corpus,*) apt-get install -y --no-install-recommends libfluidsynth3 fluid-soundfont-gm espeak-ng ;; esac \
