@@ -86,9 +86,12 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="cores to use in all (default: all, %(default)s)")
     parser.add_argument("--json", metavar="FILE", help="also save the rows as JSON")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     args = parser.parse_args(argv)
     if args.tracks < 1 or args.seconds <= 0 or args.repeat < 1:
         parser.error("--tracks, --seconds and --repeat must be positive")
+    if args.json and Path(args.json).exists() and not args.force:  # said before minutes of work
+        parser.error(f"--json {args.json}: already exists (use --force to overwrite)")
 
     work = Path(tempfile.mkdtemp(prefix="danna-batch-"))
     try:
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
                                   f"{r['audio_minutes_per_minute']:.2f}"] for r in table]))
     if args.json:
         common.write_json(args.json, {"machine": info, "tracks": args.tracks, "seconds": args.seconds,
-                                      "bundle": args.bundle, "rows": table})
+                                      "bundle": args.bundle, "rows": table}, force=args.force)
     return 0
 
 
