@@ -49,9 +49,11 @@ RUN --mount=type=secret,id=pip.conf,target=/run/secrets/pip.conf \
 FROM ${BASE_IMAGE}
 ARG EXTRAS=app
 ARG DEBIAN_FRONTEND=noninteractive
+# The corpus extra loads FluidSynth and the soundfont, runs espeak-ng, and pedalboard's
+# native module links libatomic (g++ brings it in the first stage; nothing does here).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 \
- && case ",${EXTRAS}," in *,corpus,*) apt-get install -y --no-install-recommends libfluidsynth3 fluid-soundfont-gm espeak-ng ;; esac \
+ && case ",${EXTRAS}," in *,corpus,*) apt-get install -y --no-install-recommends libfluidsynth3 fluid-soundfont-gm espeak-ng libatomic1 ;; esac \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && useradd --create-home --uid 1000 --user-group danna \
  && mkdir /data && chown danna:danna /data
