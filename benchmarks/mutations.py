@@ -78,11 +78,11 @@ MUTATIONS: Tuple[Mutation, ...] = (
     ),
     Mutation(
         "bfloat16-mixture-stft", "under bfloat16 the mixture STFT itself is rounded to bfloat16, not only the networks",
-        "src/danna_sep/engine.py",
-        (("        mix_stft = spectral.stft(x)\n",
-          "        mix_stft = spectral.stft(x)\n"
+        "src/danna_sep/runner.py",
+        (("        return self._filter(self._estimates(mix_stft), mix_stft)\n",
           '        if self.options.precision == "bfloat16":\n'
-          "            mix_stft = torch.view_as_complex(torch.view_as_real(mix_stft).to(torch.bfloat16).float())\n"),),
+          "            mix_stft = torch.view_as_complex(torch.view_as_real(mix_stft).to(torch.bfloat16).float())\n"
+          "        return self._filter(self._estimates(mix_stft), mix_stft)\n"),),
         ("tests/test_precision.py::test_only_the_network_runs_in_bfloat16",
          "tests/test_precision.py::test_bfloat16_masks_cannot_move_the_sum_of_the_stems"),
     ),
@@ -103,7 +103,7 @@ MUTATIONS: Tuple[Mutation, ...] = (
     ),
     Mutation(
         "single-target-no-residual", "a single-target model is Wiener-filtered alone (mask 1: the mixture back)",
-        "src/danna_sep/engine.py",
+        "src/danna_sep/runner.py",
         (("            residual=single,\n", "            residual=False,\n"),),
         ("tests/test_engine.py::test_a_single_target_model_is_filtered_against_the_residual",),
     ),

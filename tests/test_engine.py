@@ -126,6 +126,36 @@ def test_blend_weights_sources():
     assert out[:, 0, 0].tolist() == [5.5, 1.0, 0.0, 7.75]
 
 
+def test_blend_shares_one_stft_and_one_istft_between_spectrogram_members(monkeypatch):
+    """The blend of spectrogram members takes the mixture's STFT once and inverts the weighted sum
+    of their filtered spectrograms once, and equals the weighted sum of each member run alone."""
+    from danna_sep import spectral
+
+    members = [randomize(models.build("xumx", hidden_channels=16, max_bins=200, nb_layers=1), seed=1).eval(),
+               randomize(models.build("unet_attn", max_bins=128, k=2), seed=2).eval(),
+               LocalConv().eval()]
+    options = EngineOptions(wiener_iterations=1)
+    runners = [ModelRunner(model, CPU, options) for model in members]
+    sources = ["drums", "bass", "other", "vocals"]
+    weights = [{"drums": 0.7, "bass": 0.3, "vocals": 0.5}, {"drums": 0.3, "bass": 0.7, "other": 1.0, "vocals": 0.25},
+               {"vocals": 0.25}]
+    chunk = torch.randn(2, 30_001) * 0.1
+    alone = torch.zeros(4, 2, chunk.shape[-1])
+    for runner, table in zip(runners, weights):
+        out = runner(chunk)
+        for j, name in enumerate(runner.sources):
+            alone[sources.index(name)] += table.get(name, 0.0) * out[j]
+    calls = {"stft": 0, "istft": 0}
+    for name in calls:
+        def counted(*args, name=name, real=getattr(spectral, name), **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(spectral, name, counted)
+    blended = engine.Blend(runners, weights, sources)(chunk)
+    assert calls == {"stft": 1, "istft": 1}
+    torch.testing.assert_close(blended, alone, rtol=0, atol=1e-4 * alone.abs().max().item())
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="overlap"):
         EngineOptions(overlap=0.8)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from danna_sep import SOURCES, models, spectral
-from danna_sep import engine
+from danna_sep import runner as runner_module
 from danna_sep.engine import EngineOptions, ModelRunner
 
 CPU = torch.device("cpu")
@@ -89,7 +89,7 @@ def test_only_the_network_runs_in_bfloat16(monkeypatch, name, scripted):
     plain = runner(chunk)  # before any spy: the spies must not change the result
 
     calls = {"stft": [], "wiener": [], "istft": [], "network": []}
-    real_stft, real_istft, real_wiener = spectral.stft, spectral.istft, engine.apply_wiener
+    real_stft, real_istft, real_wiener = spectral.stft, spectral.istft, runner_module.apply_wiener
 
     def stft_spy(x, *args, **kwargs):
         assert not torch.is_autocast_enabled("cpu")
@@ -109,7 +109,7 @@ def test_only_the_network_runs_in_bfloat16(monkeypatch, name, scripted):
 
     monkeypatch.setattr(spectral, "stft", stft_spy)
     monkeypatch.setattr(spectral, "istft", istft_spy)
-    monkeypatch.setattr(engine, "apply_wiener", wiener_spy)
+    monkeypatch.setattr(runner_module, "apply_wiener", wiener_spy)
     if scripted:
         assert runner.autocast and not runner.cast
     else:
