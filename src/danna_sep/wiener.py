@@ -77,22 +77,31 @@ def expectation_maximization(
 
 
 def _expectation_maximization_stereo(
-    estimates: torch.Tensor, mix: torch.Tensor, iterations: int, eps: float
+    estimates: torch.Tensor, mix: torch.Tensor, iterations: int, eps: float,
+    scale: torch.Tensor | float = 1.0, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`expectation_maximization` for two channels, written out element by element.
 
     The same arithmetic as the general path, but the 2x2 Hermitian matrices are kept as
     their three distinct entries (two real diagonals, one complex corner), so no tiny
     batched matrix products are formed: about four times faster on the CPU.
+
+    `scale` (a number, or `(..., 1, 1, 1)` per batch item) filters as if estimates and mix
+    were divided by it and the result multiplied back, without those passes over the data:
+    the EM is homogeneous in them but for eps, so eps in the weights becomes eps * scale^2
+    and the regularization sqrt(eps) * scale^2. With `out` (`(..., frames, bins, 2,
+    sources)`, any dtype and strides) the result is written there.
     """
-    regularization = math.sqrt(eps)
+    square = scale * scale if isinstance(scale, float) else scale.square()
+    regularization = math.sqrt(eps) * square  # (..., 1, 1, 1): frames, bins, sources
+    weight_eps = eps * (square if isinstance(square, float) else square[..., 0])  # (..., 1, 1)
     y0, y1 = estimates[..., 0, :], estimates[..., 1, :]  # (..., frames, bins, sources)
     x0, x1 = mix[..., 0:1], mix[..., 1:2]  # (..., frames, bins, 1)
     for _ in range(iterations):
         power0 = y0.real.square() + y0.imag.square()
         power1 = y1.real.square() + y1.imag.square()
         psd = (power0 + power1) / 2  # (..., frames, bins, sources)
-        weight = eps + psd.sum(dim=-3)  # (..., bins, sources)
+        weight = weight_eps + psd.sum(dim=-3)  # (..., bins, sources)
         # Spatial covariance R_j per bin: entries 00, 11 (real) and 01 (R_10 is its conjugate).
         r00 = power0.sum(dim=-3) / weight
         r11 = power1.sum(dim=-3) / weight
@@ -109,7 +118,11 @@ def _expectation_maximization_stereo(
         r00, r11, r01 = r00.unsqueeze(-3), r11.unsqueeze(-3), r01.unsqueeze(-3)
         y0 = psd * (r00 * w0 + r01 * w1)
         y1 = psd * (r01.conj() * w0 + r11 * w1)
-    return torch.stack([y0, y1], dim=-2)
+    if out is None:
+        return torch.stack([y0, y1], dim=-2)
+    out[..., 0, :] = y0
+    out[..., 1, :] = y1
+    return out
 
 
 def wiener(
@@ -119,6 +132,7 @@ def wiener(
     softmask: bool = False,
     residual: bool = False,
     eps: float = DEFAULT_EPS,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Separate `mix` given source magnitude estimates (norbert.wiener, plus `residual`).
 
@@ -129,7 +143,9 @@ def wiener(
     The initial estimate is the magnitude with the mixture's phase (`softmask=False`, as
     Danna-Sep uses), or the ratio mask targets / sum(targets) applied to the mixture.
     `residual=True` adds the mixture minus the sum of the initial estimates as a source.
-    Leading dimensions are a batch: each item is filtered on its own.
+    Leading dimensions are a batch: each item is filtered on its own. With `out` (a complex
+    tensor of the result's shape, any strides: a view of the caller's layout) the result is
+    written there and returned, with no copy of it made here.
     """
     if not mix.is_complex():
         raise TypeError("mix must be a complex STFT")
@@ -143,18 +159,20 @@ def wiener(
     # Bins are independent of each other: filtering blocks of them keeps the temporaries
     # in the CPU's cache, which makes this memory-bound work about twice as fast.
     bins = mix.shape[-2]
-    blocks = [
+    sources = targets.shape[-1] + (1 if residual else 0)
+    if out is None:
+        out = torch.empty(mix.shape + (sources,), dtype=mix.dtype, device=mix.device)
+    elif out.shape != mix.shape + (sources,) or not out.is_complex():
+        raise ValueError(f"out {tuple(out.shape)} {out.dtype} cannot hold the result {tuple(mix.shape) + (sources,)}")
+    for start in range(0, bins, BIN_BLOCK):
         _wiener_bins(targets[..., start:start + BIN_BLOCK, :, :], mix[..., start:start + BIN_BLOCK, :],
-                     scale, iterations, softmask, residual, eps)
-        for start in range(0, bins, BIN_BLOCK)
-    ]
-    return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=-3)
+                     scale, iterations, softmask, residual, eps, out[..., start:start + BIN_BLOCK, :, :])
+    return out
 
 
 def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, iterations: int,
-                 softmask: bool, residual: bool, eps: float) -> torch.Tensor:
-    """`wiener` on some of the bins, with the scale of the whole mixture."""
-    out_dtype = mix.dtype
+                 softmask: bool, residual: bool, eps: float, out: torch.Tensor) -> None:
+    """`wiener` on some of the bins, with the scale of the whole mixture, written into `out`."""
     x = mix.to(torch.complex128)
     v = targets.to(torch.float64)
     if softmask:
@@ -164,9 +182,12 @@ def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, 
     if residual:
         y = torch.cat([y, x.unsqueeze(-1) - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
-        return y.to(out_dtype)
-    y = expectation_maximization(y / scale.unsqueeze(-1), x / scale, iterations, eps)
-    return (y * scale.unsqueeze(-1)).to(out_dtype)
+        out.copy_(y)
+    elif x.shape[-1] == 2:
+        _expectation_maximization_stereo(y, x, iterations, eps, scale, out=out)
+    else:
+        y = expectation_maximization(y / scale.unsqueeze(-1), x / scale, iterations, eps)
+        torch.mul(y, scale.unsqueeze(-1), out=out)
 
 
 def wiener_windowed(
@@ -177,29 +198,24 @@ def wiener_windowed(
     residual: bool = False,
     eps: float = DEFAULT_EPS,
     window: int = 300,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`wiener` over consecutive windows of `window` frames, each filtered on its own.
 
-    Memory is bounded by the window, not by the track. Same shapes as `wiener`; the frame
-    axis is the fourth from the end of `targets`.
+    Memory is bounded by the window, not by the track. Same shapes (and `out`) as `wiener`;
+    the frame axis is the fourth from the end of `targets`.
     """
     if window <= 0:
         raise ValueError("window must be a positive number of frames")
     frames = mix.shape[-3]
-    pieces = []
+    sources = targets.shape[-1] + (1 if residual else 0)
+    if out is None:
+        out = torch.empty(mix.shape + (sources,), dtype=mix.dtype, device=mix.device)
     for start in range(0, frames, window):
         stop = min(start + window, frames)
-        pieces.append(
-            wiener(
-                targets[..., start:stop, :, :, :],
-                mix[..., start:stop, :, :],
-                iterations=iterations,
-                softmask=softmask,
-                residual=residual,
-                eps=eps,
-            )
-        )
-    return torch.cat(pieces, dim=-4)
+        wiener(targets[..., start:stop, :, :, :], mix[..., start:stop, :, :], iterations=iterations,
+               softmask=softmask, residual=residual, eps=eps, out=out[..., start:stop, :, :, :])
+    return out
 
 
 def apply_wiener(
@@ -215,15 +231,19 @@ def apply_wiener(
 
     estimates: magnitudes `(batch, sources, channels, bins, frames)`;
     mix_stft: complex `(batch, channels, bins, frames)`.
-    Returns complex `(batch, sources, channels, bins, frames)`.
+    Returns complex `(batch, sources, channels, bins, frames)`, contiguous in that layout.
     """
     targets = estimates.permute(0, 4, 3, 2, 1)
     mix = mix_stft.permute(0, 3, 2, 1)
+    sources = estimates.shape[1] + (1 if residual else 0)
+    result = torch.empty((estimates.shape[0], sources) + tuple(mix_stft.shape[1:]), dtype=mix_stft.dtype,
+                         device=mix_stft.device)
+    out = result.permute(0, 4, 3, 2, 1)  # the filter's layout, written in place
     if window is None:
-        out = wiener(targets, mix, iterations, softmask, residual, eps)
+        wiener(targets, mix, iterations, softmask, residual, eps, out=out)
     else:
-        out = wiener_windowed(targets, mix, iterations, softmask, residual, eps, window)
-    return out.permute(0, 4, 3, 2, 1)
+        wiener_windowed(targets, mix, iterations, softmask, residual, eps, window, out=out)
+    return result
 
 
 def frame_statistics(
