@@ -156,7 +156,8 @@ def score(name: str, estimator, tracks: Sequence) -> Dict[str, float]:
     return {group: summary[group]["SDR"] for group in (*SOURCES, "mean")}
 
 
-def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32") -> Dict[str, Dict[str, float]]:
+def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
+                 overlap: float = 0.25) -> Dict[str, Dict[str, float]]:
     """The table: each member, the blend, the IRM2 ceiling and the mixture floor."""
     from danna_sep.evaluate import oracle_estimator, separator_estimator
     from danna_sep.separator import Separator
@@ -164,7 +165,8 @@ def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32") -
     rows: Dict[str, Dict[str, float]] = {}
     blend = BlendFromMembers(bundle)
     for index, alone in enumerate(members_alone(bundle)):
-        estimator = blend.wrap(index, separator_estimator(Separator(alone, device="cpu", precision=precision)))
+        separator = Separator(alone, device="cpu", precision=precision, overlap=overlap)
+        estimator = blend.wrap(index, separator_estimator(separator))
         rows[alone.members[0].name] = score(alone.members[0].name, estimator, tracks)
     rows["blend"] = score("blend", blend.estimator(), tracks)
     rows["oracle IRM2 (ceiling)"] = score("oracle IRM2", oracle_estimator("irm2"), tracks)
@@ -221,7 +223,8 @@ def real_estimates(stems: Dict[str, object], weights: Optional[Dict[str, float]]
     return torch.stack([mono("vocals"), accompaniment])
 
 
-def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32") -> Dict[str, Dict[str, float]]:
+def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32",
+              overlap: float = 0.25) -> Dict[str, Dict[str, float]]:
     """The real-music table: each member, the blend (summed from the members' weighted
     stems, as in `BlendFromMembers`), IRM2 at the clips' rate and the mixture floor."""
     import torch
@@ -241,7 +244,7 @@ def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float
     rows: Dict[str, Dict[str, float]] = {}
     blend: List = [0.0] * len(clips)
     for alone, member in zip(members_alone(bundle), bundle.members):
-        separator = Separator(alone, device="cpu", precision=precision)
+        separator = Separator(alone, device="cpu", precision=precision, overlap=overlap)
         estimates = []
         for index, clip in enumerate(clips):
             print(f"\r  {member.name} (real): {index + 1}/{len(clips)} clips", end="", file=sys.stderr, flush=True)
@@ -281,6 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"folder of real clips for the second table, or 'none' (default: {DEFAULT_REALVAL})")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
                         help="the networks' arithmetic (default: float32, the same on every machine)")
+    parser.add_argument("--overlap", type=float, default=0.25,
+                        help="fraction of a segment shared with the next (separate's --overlap; default 0.25)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
@@ -304,11 +309,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     info = common.machine_info(threads=torch.get_num_threads())
     started = time.monotonic()
-    rows = quality_rows(bundle, tracks, args.precision)
+    rows = quality_rows(bundle, tracks, args.precision, args.overlap)
     print(f"# Separation quality: {bundle.describe()}")
     made = "tracks as found" if args.as_is else f"generated tracks of {args.seconds:g} s, corpus seed {args.seed}"
     print(f"Test split: {len(tracks)} {made} "
-          f"({args.data}); networks in {args.precision}; MDX SDR in dB, mean over tracks; "
+          f"({args.data}); networks in {args.precision}; overlap {args.overlap:g}; MDX SDR in dB, mean over tracks; "
           f"{time.monotonic() - started:.0f} s on "
           f"{common.machine_line(info)}")
     print()
@@ -316,7 +321,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     real = None
     if clips:
         started = time.monotonic()
-        real = real_rows(bundle, clips, args.precision)
+        real = real_rows(bundle, clips, args.precision, args.overlap)
         print()
         print(f"Real recordings: {len(clips)} MIR-1K clips ({args.realval}), mono {clips[0].samplerate} Hz, "
               f"separated at 44.1 kHz; accompaniment = drums + bass + other; MDX SDR in dB at the clips' "
@@ -326,6 +331,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json is not None:
         common.write_json(args.json, {"machine": info, "bundle": bundle.describe(), "tracks": [t.name for t in tracks],
                                       "seed": args.seed, "seconds": args.seconds, "precision": args.precision,
+                                      "overlap": args.overlap,
                                       "sdr": rows,
                                       "real": None if real is None else {"root": args.realval,
                                                                          "clips": [c.name for c in clips],

@@ -21,7 +21,11 @@ through the code a user would run:
   (segment 7.8 s, overlap 0.25, shifts 1, split), input normalised as that command does.
 
 RTF is processing time / audio duration (below 1 is faster than real time); "x real time"
-is its inverse. A warm-up run on the first 2 s of the clip is excluded from the timing.
+is its inverse. The same run measures the machine's roofs, the best of three 4096^3 matrix
+products in float32 and in bfloat16, and counts each system's flops in one more, untimed
+separation under torch's flop counter (matrix products, convolutions and attention: the
+networks, not the STFTs or the Wiener filter); the table then gives the achieved GFLOP/s
+and its share of the roof of the row's precision (`--no-roof` skips both). A warm-up run on the first 2 s of the clip is excluded from the timing.
 Each system runs in a fresh process (spawned), so that its peak memory and thread pools
 are its own; the peak RSS increase is measured from just before the first timed run.
 
@@ -44,7 +48,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence
 
 import torch
 
@@ -86,6 +90,8 @@ DEMUCS_SHIFTS = 1
 DEMUCS_OVERLAP = 0.25
 
 BENCH_REQUIREMENTS = "pip install --no-deps -r requirements-bench.txt"
+ROOF_SIZE = 4096
+"""Matrix size of the roof measurement."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,8 @@ class RunOptions:
     """Seed of the random weights."""
     shifts: Optional[int] = None
     """Shift-trick passes for every system; None: each tool's default (ours 0, demucs 1)."""
+    count_flops: bool = True
+    """After the timed runs, one more (untimed) under torch's flop counter."""
 
 
 @dataclass
@@ -135,6 +143,15 @@ class Row:
     peak_rss_increase: Optional[int] = None
     peak_cuda_bytes: Optional[int] = None
     error: Optional[str] = None
+    precision: str = "float32"
+    """Arithmetic of the networks' matrix products (whose roof the row is compared with)."""
+    flops: Optional[int] = None
+    """Floating-point operations of one separation of the clip, by torch's flop counter."""
+
+    @property
+    def gflops_per_second(self) -> Optional[float]:
+        median = self.median
+        return None if self.flops is None or not median else self.flops / median / 1e9
 
     @property
     def median(self) -> Optional[float]:
@@ -149,7 +166,8 @@ class Row:
     def to_json(self) -> Dict[str, Any]:
         data = asdict(self)
         data.update(median_seconds=self.median, rtf=self.rtf,
-                    times_real_time=None if not self.rtf else 1 / self.rtf)
+                    times_real_time=None if not self.rtf else 1 / self.rtf,
+                    gflops_per_second=self.gflops_per_second)
         return data
 
 
@@ -184,11 +202,19 @@ def default_systems(bundles: Sequence[str] = ()) -> List[System]:
 RunFn = Callable[[torch.Tensor], Any]
 
 
+@dataclass
+class Built:
+    run: RunFn
+    parameters: int
+    settings: str
+    precision: str = "float32"
+
+
 def _count(modules: Sequence[torch.nn.Module]) -> int:
     return sum(p.numel() for module in modules for p in module.parameters())
 
 
-def _build_bundle(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+def _build_bundle(system: System, options: RunOptions) -> Built:
     from danna_sep.separator import Separator
 
     if system.path is not None:
@@ -202,10 +228,10 @@ def _build_bundle(system: System, options: RunOptions) -> Tuple[RunFn, int, str]
     if any(member.model.input_domain == "magnitude" for member in separator.bundle.members):
         settings += f", Wiener {opts.wiener_iterations} iter / {opts.wiener_window} frames"
     parameters = _count([member.model for member in separator.bundle.members])
-    return (lambda clip: separator.separate_tensor(clip, SAMPLERATE)), parameters, settings
+    return Built(lambda clip: separator.separate_tensor(clip, SAMPLERATE), parameters, settings, opts.precision)
 
 
-def _build_openunmix(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+def _build_openunmix(system: System, options: RunOptions) -> Built:
     unmix = common.import_without_torchaudio("openunmix.model")
     device = torch.device(options.device)
     targets = {}
@@ -222,10 +248,10 @@ def _build_openunmix(system: System, options: RunOptions) -> Tuple[RunFn, int, s
     def run(clip: torch.Tensor) -> torch.Tensor:
         return separator(clip.unsqueeze(0).to(device)).cpu()
 
-    return run, _count(list(targets.values())), "whole track, Wiener 1 iter / 300 frames"
+    return Built(run, _count(list(targets.values())), "whole track, Wiener 1 iter / 300 frames")
 
 
-def _build_htdemucs(system: System, options: RunOptions) -> Tuple[RunFn, int, str]:
+def _build_htdemucs(system: System, options: RunOptions) -> Built:
     from demucs.apply import apply_model
     from demucs.htdemucs import HTDemucs
 
@@ -244,10 +270,10 @@ def _build_htdemucs(system: System, options: RunOptions) -> Tuple[RunFn, int, st
         return out * (std + 1e-8) + mean
 
     settings = f"segment {float(model.segment):g} s, overlap {DEMUCS_OVERLAP:g}, shifts {shifts}"
-    return run, _count([model]), settings
+    return Built(run, _count([model]), settings)
 
 
-_BUILDERS: Dict[str, Callable[[System, RunOptions], Tuple[RunFn, int, str]]] = {
+_BUILDERS: Dict[str, Callable[[System, RunOptions], Built]] = {
     "bundle": _build_bundle,
     "openunmix": _build_openunmix,
     "htdemucs": _build_htdemucs,
@@ -278,7 +304,8 @@ def measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
 
 def _measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
     row = Row(system.name, system.label, audio_seconds=clip.shape[-1] / SAMPLERATE)
-    run, row.parameters, row.settings = _BUILDERS[system.kind](system, options)
+    built = _BUILDERS[system.kind](system, options)
+    run, row.parameters, row.settings, row.precision = built.run, built.parameters, built.settings, built.precision
     with torch.no_grad():
         warmup = int(round(options.warmup_seconds * SAMPLERATE))
         if warmup > 0:
@@ -300,7 +327,44 @@ def _measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
             row.peak_rss_increase = max(0, common.peak_rss_bytes() - rss_before)
         if cuda:
             row.peak_cuda_bytes = torch.cuda.max_memory_allocated() - cuda_before
+        if options.count_flops:
+            row.flops = count_flops(run, clip)
     return row
+
+
+def count_flops(run: RunFn, clip: torch.Tensor) -> int:
+    """Floating-point operations of `run(clip)` by torch's flop counter: matrix products,
+    convolutions and attention (the networks' arithmetic; no STFT, Wiener filter or other
+    elementwise work), two per multiply-add."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        run(clip)
+    return int(counter.get_total_flops())
+
+
+def matmul_roof(dtype: torch.dtype, device: str = "cpu", size: int = 4096, repeat: int = 3) -> float:
+    """GFLOP/s of the best of `repeat` size^3 matrix products in `dtype`: what the machine's
+    matrix units reach, the roof a separation's networks are compared with."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device, dtype)
+    b = torch.randn(size, size, generator=generator).to(device, dtype)
+    with torch.no_grad():
+        a @ b  # warm-up: thread pool, packing buffers
+        _sync(device)
+        best = float("inf")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def measure_roofs(device: str = "cpu", size: int = 4096, repeat: int = 3) -> Dict[str, float]:
+    """The float32 and bfloat16 matrix-product roofs in GFLOP/s."""
+    return {"float32": matmul_roof(torch.float32, device, size, repeat),
+            "bfloat16": matmul_roof(torch.bfloat16, device, size, repeat)}
 
 
 def _child_measure(system: System, clip: torch.Tensor, options: RunOptions) -> Row:
@@ -333,14 +397,17 @@ def _mib(value: Optional[int]) -> str:
     return "" if value is None else f"{value / 2**20:,.0f} MiB"
 
 
-def render(rows: Sequence[Row], machine: Mapping[str, Any], clip_seconds: float, repeat: int) -> str:
-    """The Markdown report: the machine, the table, and the full blend against HT-Demucs."""
+def render(rows: Sequence[Row], machine: Mapping[str, Any], clip_seconds: float, repeat: int,
+           roofs: Optional[Mapping[str, float]] = None) -> str:
+    """The Markdown report: the machine, the table, and the full blend against HT-Demucs;
+    with `roofs` (GFLOP/s per precision), each row's flops, achieved GFLOP/s and share of
+    its precision's roof."""
     cuda = str(machine.get("device", "cpu")).startswith("cuda")
     memory_header = "peak CUDA memory" if cuda else "peak RSS increase"
     table_rows = []
     for row in rows:
         if row.error:
-            table_rows.append([row.label, "", "", "", "", "", f"not run: {row.error}"])
+            table_rows.append([row.label, "", "", "", "", "", f"not run: {row.error}"] + ([""] * 3 if roofs else []))
             continue
         rtf = row.rtf or 0.0
         table_rows.append([
@@ -351,21 +418,36 @@ def render(rows: Sequence[Row], machine: Mapping[str, Any], clip_seconds: float,
             (f"{1 / rtf:.2f}x" if rtf > 1 else f"{1 / rtf:.1f}x") if rtf else "",
             _mib(row.peak_cuda_bytes if cuda else row.peak_rss_increase),
             row.settings,
-        ])
+        ] + (_efficiency(row, roofs) if roofs else []))
+    headers = ["system", "parameters", "seconds", "RTF", "x real time", memory_header, "settings"]
+    if roofs:
+        headers += ["GFLOP per audio s", "GFLOP/s", "of roof"]
     lines = [
         f"Machine: {common.machine_line(machine)}.",
         f"Clip: {clip_seconds:g} s stereo 44.1 kHz; seconds = median of {repeat} timed run(s) "
         f"after a warm-up; RTF = processing time / audio duration (lower is faster); "
         f"random weights (seeded) unless a bundle is named.",
         "",
-        common.markdown_table(
-            ["system", "parameters", "seconds", "RTF", "x real time", memory_header, "settings"],
-            table_rows, align="lrrrrrl"),
+        common.markdown_table(headers, table_rows, align="lrrrrrl" + ("rrr" if roofs else "")),
     ]
+    if roofs:
+        lines[2:2] = [f"Roofs: {ROOF_SIZE}^3 matrix products reach {roofs['float32']:.0f} GFLOP/s in float32 and "
+                      f"{roofs['bfloat16']:.0f} in bfloat16. Flops by torch's flop counter (matrix products, "
+                      f"convolutions, attention: the networks); a row's share is of the roof of its networks' "
+                      f"precision."]
     verdict = blend_check(rows)
     if verdict:
         lines += ["", verdict]
     return "\n".join(lines)
+
+
+def _efficiency(row: Row, roofs: Mapping[str, float]) -> List[str]:
+    achieved = row.gflops_per_second
+    if achieved is None or row.flops is None:
+        return ["", "", ""]
+    roof = roofs.get(row.precision)
+    return [f"{row.flops / 1e9 / row.audio_seconds:.1f}", f"{achieved:.0f}",
+            f"{achieved / roof:.0%}" if roof else ""]
 
 
 def blend_check(rows: Sequence[Row]) -> Optional[str]:
@@ -422,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="also save the results as JSON")
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json file")
     parser.add_argument("--list", action="store_true", help="list the row names and exit")
+    parser.add_argument("--no-roof", action="store_true",
+                        help="skip the matrix-product roofs and the flop counts (faster)")
     return parser
 
 
@@ -458,7 +542,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     threads = args.threads or torch.get_num_threads()
     options = RunOptions(repeat=args.repeat, warmup_seconds=max(0.0, args.warmup), threads=threads,
-                         device=args.device, seed=args.seed, shifts=args.shifts)
+                         device=args.device, seed=args.seed, shifts=args.shifts, count_flops=not args.no_roof)
     machine = common.machine_info(threads, args.device)
     log.info("%s", common.machine_line(machine))
     clip = common.make_clip(args.seconds, seed=args.seed)
@@ -478,7 +562,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             log.info("%s: %.1f s (RTF %.3f)", system.name, row.median, row.rtf)
         rows.append(row)
 
-    print(render(rows, machine, args.seconds, args.repeat))
+    roofs = None
+    if not args.no_roof:
+        log.info("matrix-product roofs (%d^3, float32 and bfloat16)", ROOF_SIZE)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            roofs = measure_roofs(args.device, ROOF_SIZE)
+        finally:
+            torch.set_num_threads(previous)
+    print(render(rows, machine, args.seconds, args.repeat, roofs))
     if args.json:
         try:
             common.write_json(args.json, {
@@ -489,6 +582,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 "rtf_convention": "processing seconds / audio seconds",
                 "rows": [row.to_json() for row in rows],
                 "blend_check": blend_check(rows),
+                "roofs_gflops": roofs,
             }, force=args.force)
         except (common.BenchmarkError, OSError) as exc:
             print(f"{exc}", file=sys.stderr)

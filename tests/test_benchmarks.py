@@ -75,6 +75,12 @@ def test_measure_tiny_blend_in_process(bench):
     assert row.audio_seconds == 1.0 and row.rtf == pytest.approx(row.median)
     assert "segment 10 s" in row.settings and "shifts 0" in row.settings
     assert row.peak_rss_increase is not None and row.peak_rss_increase >= 0
+    # torch's flop counter over one more separation: at least the blend's linear layers and convolutions
+    assert row.precision == resolve_precision("auto", torch.device("cpu"))
+    assert row.flops is not None and row.flops > 0 and row.gflops_per_second == pytest.approx(row.flops / row.median / 1e9)
+    with torch.no_grad():
+        counted = speed.count_flops(lambda c: torch.nn.functional.linear(c, torch.ones(3, c.shape[-1])), clip)
+    assert counted == 2 * 2 * 3 * clip.shape[-1]  # (2, n) @ (n, 3): two flops per multiply-add
     waveform_only = speed.System("tiny_demucs", "tiny demucs", "bundle",
                                  blend={"demucs_split": FAST_BLEND["demucs_split"]}, kwargs=TINY)
     row = speed.measure(waveform_only, clip, speed.RunOptions(threads=1, warmup_seconds=0, shifts=1))
@@ -127,6 +133,12 @@ def test_render_and_the_blend_requirement(bench):
     assert "| HT-Demucs | 41.98 M | 20.0 | 0.400 | 2.5x |" in text
     assert "| slow one | 1.00 M | 100.0 | 2.000 | 0.50x |" in text
     assert "| UMX-HQ |" in text and "not run: openunmix is not installed" in text
+    rows[0].flops, rows[0].precision = 50 * 40e9, "bfloat16"  # 40 GFLOP per audio second, in 25 s: 80 GFLOP/s
+    rows[1].flops = 50 * 12e9  # float32: 30 GFLOP/s
+    text = speed.render(rows, common.machine_info(2), 50.0, 3, roofs={"float32": 150.0, "bfloat16": 320.0})
+    assert "Roofs: 4096^3 matrix products reach 150 GFLOP/s in float32 and 320 in bfloat16." in text
+    assert "| full blend | 243.18 M | 25.0 | 0.500 | 2.0x | 3 MiB | s | 40.0 | 80 | 25% |" in text
+    assert "| HT-Demucs | 41.98 M | 20.0 | 0.400 | 2.5x |  |  | 12.0 | 30 | 20% |" in text
     assert "1.25" in speed.blend_check(rows) and "NOT met" in speed.blend_check(rows)
     rows[0].seconds = [10.0]
     assert "0.50" in speed.blend_check(rows) and "NOT" not in speed.blend_check(rows)
@@ -157,6 +169,8 @@ def test_cli_errors_and_json(bench, tmp_path, capsys):
     existing.write_text("{}")
     assert speed.main(["--json", str(existing)]) == 1
     assert "already exists" in capsys.readouterr().err and existing.read_text() == "{}"
+    roof = speed.matmul_roof(torch.float32, size=256, repeat=1)
+    assert 0.01 < roof < 1e5  # GFLOP/s
     assert speed.main(["--list"]) == 0
     assert "htdemucs\tHT-Demucs" in capsys.readouterr().out
 
