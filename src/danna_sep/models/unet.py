@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .base import SeparationModel
 from .common import SAMPLERATE, SOURCES
+from .fusion import norm_scale_and_shift
 
 # The original added -1e-9 (meant to be -1e9) to the logits of padded memory positions,
 # and was trained that way; `UNetAttn(original_padding_bias=True)` keeps it.
@@ -49,6 +50,31 @@ class D2Block(nn.Module):
         self.bn_layers = nn.ModuleList(
             [nn.Sequential(nn.BatchNorm2d(k), nn.ReLU(inplace=True)) for _ in range(num_layers)]
         )
+
+    @torch.no_grad()
+    def fold_batch_norms(self) -> int:
+        """Fold each layer's batch norm into the convolutions whose outputs it normalises
+        (see models/fusion.py): layer i's pre-activation is the sum of chunk i - m of conv m
+        for m <= i, so those chunks' weights take its scale and conv i's own chunk its shift."""
+        k = self.out_channels // self.num_layers
+        folded = 0
+        for i, layer in enumerate(self.bn_layers):
+            norm = layer[0]
+            if type(norm) is not nn.BatchNorm2d:
+                continue  # already folded
+            scale, shift = norm_scale_and_shift(norm)
+            for m in range(i + 1):
+                conv = self.conv_layers[m]
+                rows = slice(k * (i - m), k * (i - m + 1))
+                conv.weight[rows] *= scale.to(conv.weight.dtype)[:, None, None, None]
+            own = self.conv_layers[i]
+            if own.bias is None:
+                own.bias = nn.Parameter(torch.zeros(own.out_channels, dtype=own.weight.dtype,
+                                                    device=own.weight.device))
+            own.bias[:k] += shift.to(own.bias.dtype)
+            layer[0] = nn.Identity()
+            folded += 1
+        return folded
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs: List[torch.Tensor] = []
