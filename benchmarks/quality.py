@@ -10,7 +10,7 @@ track of it lands in `DATA/test/`. It is generated on the first run (about 3 s o
 30 s track) and reused after.
 
 Rows, all through the code a user runs (`Separator` with its defaults: segment 10 s,
-overlap 0.25, one Wiener iteration):
+overlap 0.1, one Wiener iteration):
 
 - each member alone: a one-model bundle with weight 1 on every source;
 - the blend: the bundle as it ships, with its blend table (summed from the members'
@@ -157,7 +157,7 @@ def score(name: str, estimator, tracks: Sequence) -> Dict[str, float]:
 
 
 def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
-                 overlap: float = 0.25) -> Dict[str, Dict[str, float]]:
+                 overlap: float = 0.1) -> Dict[str, Dict[str, float]]:
     """The table: each member, the blend, the IRM2 ceiling and the mixture floor."""
     from danna_sep.evaluate import oracle_estimator, separator_estimator
     from danna_sep.separator import Separator
@@ -224,7 +224,7 @@ def real_estimates(stems: Dict[str, object], weights: Optional[Dict[str, float]]
 
 
 def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32",
-              overlap: float = 0.25) -> Dict[str, Dict[str, float]]:
+              overlap: float = 0.1) -> Dict[str, Dict[str, float]]:
     """The real-music table: each member, the blend (summed from the members' weighted
     stems, as in `BlendFromMembers`), IRM2 at the clips' rate and the mixture floor."""
     import torch
@@ -284,8 +284,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help=f"folder of real clips for the second table, or 'none' (default: {DEFAULT_REALVAL})")
     parser.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="float32",
                         help="the networks' arithmetic (default: float32, the same on every machine)")
-    parser.add_argument("--overlap", type=float, default=0.25,
-                        help="fraction of a segment shared with the next (separate's --overlap; default 0.25)")
+    parser.add_argument("--overlap", type=float, default=0.1,
+                        help="fraction of a segment shared with the next (separate's --overlap; default 0.1)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")

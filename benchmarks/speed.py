@@ -8,7 +8,7 @@ Every system separates the same deterministic 30 s stereo 44.1 kHz clip (`--seco
 weights drawn at random from a fixed seed (a shipped or `--bundle` bundle brings its own),
 through the code a user would run:
 
-- ours: `danna_sep.separator.Separator` with its defaults (segment 10 s, overlap 0.25,
+- ours: `danna_sep.separator.Separator` with its defaults (segment 10 s, overlap 0.1,
   shifts 0, one Wiener iteration over windows of 300 frames, precision "auto": bfloat16
   networks on CPUs with native bfloat16, float32 elsewhere): each full-size model alone
   (a one-model bundle with weight 1), the fast blend (U-Net + Demucs), the full blend

@@ -85,7 +85,7 @@ def test_measure_tiny_blend_in_process(bench):
                                  blend={"demucs_split": FAST_BLEND["demucs_split"]}, kwargs=TINY)
     row = speed.measure(waveform_only, clip, speed.RunOptions(threads=1, warmup_seconds=0, shifts=1))
     precision = resolve_precision("auto", torch.device("cpu"))
-    assert row.settings == f"segment 10 s, overlap 0.25, shifts 1, {precision}"  # no Wiener filter for Demucs
+    assert row.settings == f"segment 10 s, overlap 0.1, shifts 1, {precision}"  # no Wiener filter for Demucs
 
 
 def test_measure_tiny_openunmix(bench):

@@ -660,7 +660,7 @@ def test_write_stems_reports_each_segment_and_each_model_then_the_encoding(tmp_p
     assert {total for _, _, total in calls} == {6.0}
     separating = [done for _, done, _ in calls[:first_encoding]]
     encoding = [done for _, done, _ in calls[first_encoding:]]
-    segments = plan_segments(6 * rate, 2 * rate, 0.25)
+    segments = plan_segments(6 * rate, 2 * rate, separator.options.overlap)
     # one report after each model on each segment, moving through the segment's share of the track
     assert len(separating) == len(segments) * members
     assert separating == sorted(separating) and separating[-1] == 6.0

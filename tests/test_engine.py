@@ -47,6 +47,13 @@ def test_segments_cover_track_once_and_overlap_as_asked():
         assert a1 - b0 == round(44100 * 0.25)
         assert b1 > a1
     assert engine.plan_segments(500, 44100, 0.25) == [(0, 500)]
+    # A last segment that would be a few samples long starts earlier: a quarter of a segment.
+    bounds = engine.plan_segments(83_800, 44100, 0.1)  # strides of 39690: the third would be 4420 long
+    assert bounds == [(0, 44100), (39690, 83790), (83_800 - 44100 // 4, 83_800)]
+    for length in (44100 + 100, 3 * 44100 - 5, 10 * 44100 + 1):
+        bounds = engine.plan_segments(length, 44100, 0.1)
+        assert bounds[-1][1] == length and bounds[-1][1] - bounds[-1][0] >= 44100 // 4
+        assert all(b0 > a0 and b0 < a1 for (a0, a1), (b0, _) in zip(bounds, bounds[1:]))
 
 
 def test_stream_yields_consecutive_blocks_and_progress():

@@ -21,7 +21,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import SAMPLERATE
+from . import DEFAULT_OVERLAP, SAMPLERATE
 from .metrics import sdr_from_energies
 from .progress import TaskProgressFn
 
@@ -109,7 +109,7 @@ def fit_blend(
     step: float = 0.05,
     device: str | torch.device = "auto",
     segment: float = 10.0,
-    overlap: float = 0.25,
+    overlap: float = DEFAULT_OVERLAP,
     wiener_iterations: int = 1,
     progress: Optional[TaskProgressFn] = None,
 ) -> BlendFit:

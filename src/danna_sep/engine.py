@@ -70,7 +70,10 @@ def as_track(track: Union[torch.Tensor, TrackSource]) -> TrackSource:
 
 
 def plan_segments(length: int, segment: int, overlap: float) -> List[Tuple[int, int]]:
-    """(start, stop) sample ranges covering `length`; each overlaps the next by `segment * overlap`."""
+    """(start, stop) sample ranges covering `length`; each overlaps the next by `segment * overlap`,
+    except that the last one, which ends at the track's end, starts early enough to be at least
+    a quarter of a segment long: a few frames of a song's end would otherwise be separated with
+    almost no context (and, under n_fft samples, from a zero-padded STFT)."""
     if length <= segment:
         return [(0, length)]
     stride = max(1, segment - int(round(segment * overlap)))
@@ -78,9 +81,10 @@ def plan_segments(length: int, segment: int, overlap: float) -> List[Tuple[int, 
     start = 0
     while True:
         stop = min(start + segment, length)
-        bounds.append((start, stop))
         if stop >= length:
+            bounds.append((min(start, length - segment // 4), stop))
             return bounds
+        bounds.append((start, stop))
         start += stride
 
 

@@ -17,7 +17,7 @@ from typing import List, Literal, Optional
 import torch
 from torch import nn
 
-from . import spectral
+from . import DEFAULT_OVERLAP, spectral
 from .models.base import TargetGroup, contract_of
 from .models.fusion import fold_batch_norms
 from .wiener import DEFAULT_EPS, apply_wiener, frame_statistics, wiener_from_statistics
@@ -42,7 +42,7 @@ class EngineOptions:
 
     segment: float = 10.0
     """Segment length in seconds."""
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     """Fraction of a segment shared with the next one, in [0, 0.5]."""
     shifts: int = 0
     """Random shifts per segment (the shift trick); 0 runs each segment once."""

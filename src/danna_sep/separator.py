@@ -10,7 +10,7 @@ from typing import Callable, Dict, Iterator, List, Literal, Mapping, Optional, T
 
 import torch
 
-from . import SAMPLERATE, catalog
+from . import DEFAULT_OVERLAP, SAMPLERATE, catalog
 from .bundle import Bundle, BundleError, load_bundle, load_original
 from .errors import USAGE
 from .engine import (Blend, EngineOptions, ModelRunner, Pipeline, ProgressFn, TrackSource, resolve_device,
@@ -124,7 +124,7 @@ class Separator:
         umx: Union[str, os.PathLike, None] = None,
         device: Union[str, torch.device] = "auto",
         segment: float = 10.0,
-        overlap: float = 0.25,
+        overlap: float = DEFAULT_OVERLAP,
         shifts: int = 0,
         wiener_iterations: int = 1,
         precision: str = "auto",

@@ -8,6 +8,8 @@ import argparse
 import re
 from typing import Callable, List, Optional
 
+from .. import DEFAULT_OVERLAP
+
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -102,7 +104,7 @@ def add_engine_arguments(group, *, precision: str) -> None:
                        help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     group.add_argument("--segment", type=ranged(float, 1.0, 600.0, " s"), default=10.0,
                        help="segment length, 1 to 600 seconds (default: %(default)s)")
-    group.add_argument("--overlap", type=ranged(float, 0.0, 0.5), default=0.25,
+    group.add_argument("--overlap", type=ranged(float, 0.0, 0.5), default=DEFAULT_OVERLAP,
                        help="overlap between segments, 0 to 0.5 (default: %(default)s)")
     group.add_argument("--shifts", type=ranged(int, 0, 100), default=0,
                        help="random shifts per segment, 0 to 100 (default: %(default)s)")
