@@ -303,3 +303,22 @@ def test_quality_real_table_on_clips_in_the_realval_layout(bench, tmp_path, caps
     assert quality.main(["--bundle", str(bundle), "--realval", str(tmp_path / "missing")]) == 1
     assert capsys.readouterr().err.strip() == (f"quality: {tmp_path / 'missing'}: no such folder of real clips "
                                                "(pass --realval none to skip them)")
+
+
+def test_unet_levels_partition_the_networks_flops(bench):
+    """benchmarks/unet_levels.py: its levels cover the whole U-Net, so their flops add up to the network's."""
+    levels = importlib.import_module("benchmarks.unet_levels")
+    torch.manual_seed(0)
+    model = models.build("unet_attn", max_bins=128, k=2, attn_channels=8, attn_d_model=8, attn_heads=2).eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = levels.profile(model, "float32", frames=64)
+    finally:
+        torch.set_num_threads(threads)
+    names = [row["level"] for row in rows]
+    assert names[:6] == [f"down_convs.{i}" for i in range(6)] and names[-1] == "whole network"
+    assert "end.0" in names and "attn.0" in names and "up_convs.4" in names
+    whole = rows[-1]
+    assert whole["flops"] > 0 and whole["seconds"] > 0
+    assert sum(row["flops"] for row in rows[:-1]) == whole["flops"]
