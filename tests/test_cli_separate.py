@@ -331,6 +331,8 @@ def usage_error(argv, capsys):
     (["--segment", "0.1"], "argument --segment: 0.1 is out of range (from 1 to 600 s)"),
     (["--segment", "nan"], "argument --segment: nan is out of range (from 1 to 600 s)"),
     (["--shifts", "two"], "argument --shifts: invalid int value: 'two'"),
+    (["--batch-segments", "0"], "argument --batch-segments: 0 is out of range (from 1 to 256)"),
+    (["--batch-segments", "many"], "argument --batch-segments: invalid batch_segments value: 'many'"),
     (["-j", "0"], "argument -j/--jobs: 0 is out of range (from 1 to 64)"),
     (["--two-stems", "guitar"], "argument --two-stems: invalid choice: 'guitar'"),
     (["--stems", "drums,guitar"], "argument --stems: 'drums,guitar': unknown guitar (choose from drums, bass, other"),
@@ -718,3 +720,20 @@ def test_clip_none_into_pcm_is_warned_about_once(tmp_path, tiny_bundle, capsys):
         "danna-sep: --clip none keeps exact floats in 32-bit float wav only: 16-bit wav stems clip at full scale"]
     assert main(argv + ["-o", str(tmp_path / "b"), "--bit-depth", "32"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_batch_segments_reach_the_engine_and_change_nothing_audible(tmp_path, tiny_bundle, capsys):
+    """--batch-segments 3 separates three 1 s segments per pass, into the stems of one at a time."""
+    source = tmp_path / "eight.wav"
+    sf.write(source, song(8.0, 44100), 44100, subtype="FLOAT")
+    stems = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"out{batch}"
+        code = main(["separate", str(source), "-o", str(out), "--bundle", str(tiny_bundle), "--device", "cpu",
+                     "--segment", "1", "--batch-segments", batch, "--bit-depth", "32", "-v"])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert f"9 segments, up to {batch} in one pass" in err
+        stems[batch] = {name: sf.read(out / "eight" / f"{name}.wav")[0] for name in ("drums", "vocals")}
+    for name in ("drums", "vocals"):
+        np.testing.assert_allclose(stems["3"][name], stems["1"][name], rtol=0, atol=1e-5)

@@ -163,6 +163,74 @@ def test_blend_shares_one_stft_and_one_istft_between_spectrogram_members(monkeyp
     torch.testing.assert_close(blended, alone, rtol=0, atol=1e-4 * alone.abs().max().item())
 
 
+def _blend_of_three():
+    members = [randomize(models.build("xumx", hidden_channels=16, max_bins=200, nb_layers=1), seed=1).eval(),
+               randomize(models.build("unet_attn", max_bins=128, k=2), seed=2).eval(),
+               LocalConv().eval()]
+    weights = [{"drums": 0.7, "bass": 0.3, "vocals": 0.5}, {"drums": 0.3, "bass": 0.7, "other": 1.0, "vocals": 0.25},
+               {"vocals": 0.25, "drums": 0.5}]
+    return members, weights
+
+
+@pytest.mark.parametrize("batch", [2, 3])
+def test_segments_in_batches_give_what_one_at_a_time_gives(batch):
+    members, weights = _blend_of_three()
+    sources = ["drums", "bass", "other", "vocals"]
+    track = torch.randn(2, 5 * 8820 + 1234) * 0.1  # segments of 0.2 s: 6 of one length, a shorter last
+    one = EngineOptions(segment=0.2, overlap=0.1, batch_segments=1)
+    several = EngineOptions(segment=0.2, overlap=0.1, batch_segments=batch)
+    expected = engine.separate(engine.Blend([ModelRunner(m, CPU, one) for m in members], weights, sources),
+                               track, 44100, one)
+    runners = [ModelRunner(m, CPU, several) for m in members]
+    seen = []
+    real_call = ModelRunner.__call__
+
+    def spy(self, chunk):
+        seen.append(tuple(chunk.shape[:-2]))
+        return real_call(self, chunk)
+
+    done = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelRunner, "__call__", spy)
+        got = engine.separate(engine.Blend(runners, weights, sources), track, 44100, several,
+                              progress=lambda d, t: done.append(d))
+    bounds = engine.plan_segments(track.shape[-1], 8820, 0.1)
+    full = [i for i, (a, b) in enumerate(bounds) if b - a == 8820]
+    calls = [min(batch, len(full) - i) for i in range(0, len(full), batch)]
+    # the blend calls its waveform member with each batch (a single chunk as a batch of one); the
+    # spectrogram members take the batch's shared STFT through `filtered`
+    assert seen == [(size,) for size in calls] + [(1,)] * (len(bounds) - len(full))
+    assert done == sorted(done) and done[-1] == track.shape[-1]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+
+def test_automatic_batches_halve_until_they_fit(monkeypatch, caplog):
+    """On a GPU the automatic batch starts at 16 segments and halves while a batch runs out of memory."""
+
+    class FitsTwo(LocalConv):
+        def forward(self, wav):
+            if wav.shape[0] > 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (a test's model)")
+            return super().forward(wav)
+
+    model = FitsTwo().eval()
+    track = torch.randn(2, 12 * 4410) * 0.1
+    one = EngineOptions(segment=0.1, overlap=0.0, batch_segments=1)
+    expected = engine.separate(ModelRunner(model, CPU, one), track, 44100, one)
+    monkeypatch.setattr(engine, "_batchable", lambda fn: torch.device("cuda"))  # as if on a GPU
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    automatic = EngineOptions(segment=0.1, overlap=0.0, batch_segments=0)
+    with caplog.at_level("INFO", logger="danna_sep.engine"):
+        torch.testing.assert_close(engine.separate(ModelRunner(model, CPU, automatic), track, 44100, automatic),
+                                   expected)
+    tries = [record.getMessage() for record in caplog.records if "do not fit" in record.getMessage()]
+    assert tries == [f"{n} segments at once do not fit in the GPU's memory; trying {n // 2}" for n in (12, 6)] + [
+        "3 segments at once do not fit in the GPU's memory; trying 1"]
+    fixed = EngineOptions(segment=0.1, overlap=0.0, batch_segments=4)
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a batch asked for is not shrunk
+        engine.separate(ModelRunner(model, CPU, fixed), track, 44100, fixed)
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="overlap"):
         EngineOptions(overlap=0.8)

@@ -185,19 +185,10 @@ def _collect_statistics(runners: Sequence["ModelRunner"], track: TrackSource,
 def _stream(fn: SeparateFn, track: TrackSource, bounds: List[Tuple[int, int]], samplerate: int,
             options: EngineOptions, progress: Optional[ProgressFn]) -> Iterator[Tuple[int, torch.Tensor]]:
     length = track.length
-    generator = torch.Generator().manual_seed(options.seed)
-    max_shift = int(round(options.max_shift * samplerate))
     tail: Optional[torch.Tensor] = None  # previous segment's output from the next segment's start on
     emitted = 0
-    for index, (start, stop) in enumerate(bounds):
-        # This segment's share of the track: from its start to where the next one starts.
-        goal = stop if index + 1 == len(bounds) else bounds[index + 1][0]
-
-        def step(fraction: float, start: int = start, goal: int = goal) -> None:
-            if progress is not None:
-                progress(start + int((goal - start) * fraction), length)
-
-        out = _shifted(fn, track, start, stop, options.shifts, max_shift, generator, step)
+    for index, out in _segment_outputs(fn, track, bounds, samplerate, options, progress):
+        start = bounds[index][0]
         if tail is not None:
             shared = tail.shape[-1]
             fade = _crossfade(shared, out.dtype)
@@ -214,6 +205,73 @@ def _stream(fn: SeparateFn, track: TrackSource, bounds: List[Tuple[int, int]], s
             emitted += block.shape[-1]
     if emitted != length:  # pragma: no cover - guarded by plan_segments
         raise RuntimeError(f"internal error: emitted {emitted} of {length} samples")
+
+
+def _batchable(fn: SeparateFn) -> Optional[torch.device]:
+    """The device of `fn` if it can take a batch of chunks at once (runners, or a blend of them,
+    streaming with Wiener statistics per window), else None."""
+    runners = fn.runners if isinstance(fn, Blend) else [fn]
+    if not runners or not all(isinstance(r, ModelRunner) for r in runners):
+        return None
+    if any(r.options.pipeline != "streamed" or r.statistics_ready for r in runners):
+        return None
+    return runners[0].device
+
+
+def _segment_outputs(fn: SeparateFn, track: TrackSource, bounds: List[Tuple[int, int]], samplerate: int,
+                     options: EngineOptions, progress: Optional[ProgressFn]) -> Iterator[Tuple[int, torch.Tensor]]:
+    """`(index, (sources, channels, samples))`: each segment's separation, in order.
+
+    Without shifts, up to `options.batch_segments` consecutive segments of the same length go
+    through `fn` together (0: as many as fit, on a GPU: 16 at first, halved each time one
+    batch does not fit in its memory; one on other devices)."""
+    length = track.length
+    generator = torch.Generator().manual_seed(options.seed)
+    max_shift = int(round(options.max_shift * samplerate))
+    device = _batchable(fn)
+    batch = options.batch_segments
+    if batch == 0:
+        batch = 16 if device is not None and device.type == "cuda" else 1
+    if device is None or options.shifts:
+        batch = 1
+    log.debug("%d segments, up to %d in one pass", len(bounds), batch)
+
+    def stepper(first: int, last: int) -> StepFn:
+        # Segments first..last's share of the track: from the first's start to where the next one starts.
+        start = bounds[first][0]
+        goal = bounds[last][1] if last + 1 == len(bounds) else bounds[last + 1][0]
+
+        def step(fraction: float) -> None:
+            if progress is not None:
+                progress(start + int((goal - start) * fraction), length)
+        return step
+
+    index = 0
+    while index < len(bounds):
+        start, stop = bounds[index]
+        group = [index]
+        while (len(group) < batch and group[-1] + 1 < len(bounds)
+               and bounds[group[-1] + 1][1] - bounds[group[-1] + 1][0] == stop - start):
+            group.append(group[-1] + 1)
+        if len(group) == 1:
+            yield index, _shifted(fn, track, start, stop, options.shifts, max_shift, generator,
+                                  stepper(index, index))
+            index += 1
+            continue
+        chunks = torch.stack([track.read(*bounds[i]) for i in group])
+        try:
+            outs = _call(fn, chunks, stepper(group[0], group[-1]))
+        except torch.cuda.OutOfMemoryError:
+            if options.batch_segments != 0:
+                raise
+            del chunks
+            torch.cuda.empty_cache()
+            batch = max(1, len(group) // 2)
+            log.info("%d segments at once do not fit in the GPU's memory; trying %d", len(group), batch)
+            continue
+        for i, out in zip(group, outs):
+            yield i, out
+        index = group[-1] + 1
 
 
 def separate(
@@ -243,39 +301,43 @@ class Blend:
         self.sources = list(sources)
 
     def __call__(self, chunk: torch.Tensor, step: Optional[StepFn] = None) -> torch.Tensor:
-        """The blend on `chunk`; `step(fraction)` after each model that has a weight.
+        """The blend on `chunk` `(channels, samples)`, or on a batch of chunks `(batch, channels,
+        samples)` (each runner then takes the batch at once); `step(fraction)` after each model
+        that has a weight.
 
         Spectrogram runners share the work around their networks: the mixture's STFT is
         taken once, and their weighted filtered spectrograms are summed and inverted by one
         iSTFT (the iSTFT is linear, so this is the sum of their waveforms, up to rounding).
         """
         length = chunk.shape[-1]
-        total = torch.zeros(len(self.sources), chunk.shape[0], length)
+        batched = chunk.dim() == 3
+        chunks = chunk if batched else chunk.unsqueeze(0)
+        total = torch.zeros(chunks.shape[0], len(self.sources), chunks.shape[1], length)
         active = [(runner, weights) for runner, weights in zip(self.runners, self.weights)
                   if any(weights.get(s, 0.0) for s in self.sources)]
         shared = [runner for runner, _ in active if isinstance(runner, ModelRunner) and runner.shares_spectrograms()]
         # Runners on another device than the first shared one go their own way.
         shared = [runner for runner in shared if runner.device == shared[0].device]
         mix_stft: Optional[torch.Tensor] = None
-        spectrum: Optional[torch.Tensor] = None  # (sources, channels, bins, frames), the weighted sum
+        spectrum: Optional[torch.Tensor] = None  # (batch, sources, channels, bins, frames), the weighted sum
         for done, (runner, weights) in enumerate(active, start=1):
             if runner in shared:
                 if mix_stft is None:
-                    mix_stft = mixture_stft(chunk.to(runner.device, torch.float32).unsqueeze(0))
-                    spectrum = torch.zeros((len(self.sources),) + mix_stft.shape[1:], dtype=mix_stft.dtype,
-                                           device=mix_stft.device)
+                    mix_stft = mixture_stft(chunks.to(runner.device, torch.float32))
+                    spectrum = torch.zeros((mix_stft.shape[0], len(self.sources)) + mix_stft.shape[1:],
+                                           dtype=mix_stft.dtype, device=mix_stft.device)
                 out = runner.filtered(mix_stft)
                 target = spectrum
             else:
-                out = runner(chunk)
+                out = runner(chunks)
                 target = total
             for j, name in enumerate(runner.sources):
                 if name in self.sources and weights.get(name, 0.0):
-                    target[self.sources.index(name)] += weights[name] * out[j]
+                    target[:, self.sources.index(name)] += weights[name] * out[:, j]
             if step is not None and done < len(active):
                 step(done / len(active))
         if spectrum is not None:
             total += spectral.istft(spectrum, padded_length(length))[..., :length].float().cpu()
         if step is not None:
             step(1.0)
-        return total
+        return total if batched else total[0]

@@ -66,6 +66,10 @@ class EngineOptions:
     original Danna-Sep tool's whole-track separation step by step (see the module's
     docstring); segment, overlap, wiener_window and the shift trick do not apply, and
     memory grows with the track's length."""
+    batch_segments: int = 1
+    """Segments of a track separated in one pass of the networks (without shifts): more
+    work per kernel launch on a GPU; 0 picks it (on a GPU 16 at first, halved while they do
+    not fit in its memory; 1 elsewhere, where it gains nothing). Memory grows with it."""
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
     """Arithmetic of the networks' forward passes. bfloat16 runs a bfloat16 copy of each
     network (TorchScript files: autocast) and is about twice as fast on CPUs with native
@@ -82,6 +86,8 @@ class EngineOptions:
             raise ValueError("shifts must be 0 or more")
         if self.wiener_iterations < 0:
             raise ValueError("wiener_iterations must be 0 or more")
+        if self.batch_segments < 0:
+            raise ValueError("batch_segments must be 0 (automatic) or more")
         if self.precision not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"precision must be auto, float32 or bfloat16, got {self.precision!r}")
         if self.wiener_statistics not in ("window", "track"):
@@ -198,15 +204,20 @@ class ModelRunner:
 
     @torch.no_grad()
     def __call__(self, chunk: torch.Tensor) -> torch.Tensor:
+        """A chunk `(channels, samples)` -> `(sources, channels, samples)`; or a batch of chunks of
+        one length `(batch, channels, samples)` -> `(batch, sources, channels, samples)` in one
+        pass of the network (streamed pipeline, Wiener statistics per window)."""
         length = chunk.shape[-1]
-        x = chunk.to(self.device, torch.float32).unsqueeze(0)
+        batched = chunk.dim() == 3
+        x = chunk.to(self.device, torch.float32)
+        x = x if batched else x.unsqueeze(0)
         if self.options.pipeline == "original":
-            return self._original(x, length).float().cpu()
-        if self.input_domain == "waveform":
-            out = self._forward(x)[0]
+            out = self._original(x, length)
+        elif self.input_domain == "waveform":
+            out = self._forward(x)
         else:
             out = spectral.istft(self.filtered(mixture_stft(x)), padded_length(length))[..., :length]
-        return out.float().cpu()
+        return (out if batched else out[0]).float().cpu()
 
     def shares_spectrograms(self) -> bool:
         """Whether a blend may hand this runner the mixture's STFT and invert its filtered
@@ -215,22 +226,23 @@ class ModelRunner:
 
     @torch.no_grad()
     def filtered(self, mix_stft: torch.Tensor) -> torch.Tensor:
-        """Wiener-filtered source STFTs `(sources, channels, bins, frames)` of a chunk, given its
-        mixture STFT `(1, channels, bins, frames)` (`mixture_stft`, on this runner's device)."""
+        """Wiener-filtered source STFTs `(batch, sources, channels, bins, frames)` of chunks, given
+        their mixture STFTs `(batch, channels, bins, frames)` (`mixture_stft`, on this runner's device)."""
         return self._filter(self._estimates(mix_stft), mix_stft)
 
     def _original(self, x: torch.Tensor, length: int) -> torch.Tensor:
-        """The original tool's pass of this model over a whole track `(1, channels, length)`."""
+        """The original tool's pass of this model over a whole track `(1, channels, length)`:
+        `(1, sources, channels, length)`."""
         x = torch.nn.functional.pad(x, [0, ORIGINAL_PAD])
         if self.input_domain == "waveform":
             lead = int(round(ORIGINAL_LEAD_IN * self.samplerate))
-            out = self._forward(torch.nn.functional.pad(x, [lead, 0]))[0]
+            out = self._forward(torch.nn.functional.pad(x, [lead, 0]))
             return out[..., lead:lead + length].clamp(-ORIGINAL_CLAMP, ORIGINAL_CLAMP)
         return self._spectrogram_whole(x, length)
 
     def _estimates(self, mix_stft: torch.Tensor, chunk: Optional[int] = None) -> torch.Tensor:
-        """Magnitude estimates `(1, sources, channels, bins, frames)` from the mixture STFT
-        `(1, channels, bins, frames)`: masks times the mixture magnitude, or the model's own."""
+        """Magnitude estimates `(batch, sources, channels, bins, frames)` from the mixture STFTs
+        `(batch, channels, bins, frames)`: masks times the mixture magnitude, or the model's own."""
         mag = mix_stft.abs()
         out = self._masks(mag, chunk)
         return out * mag.unsqueeze(1) if self.output_kind == "mask" else out
@@ -273,17 +285,20 @@ class ModelRunner:
         mix_stft = mixture_stft(x)
         estimates = self._estimates(mix_stft, self.original_chunk_frames)
         filtered = self._filter(estimates, mix_stft, whole_track=True)
-        return spectral.istft(filtered, padded_length(x.shape[-1]))[..., :length]
+        return spectral.istft(filtered, padded_length(x.shape[-1]))[..., :length]  # (1, sources, channels, length)
 
     def _filter(self, estimates: torch.Tensor, mix_stft: torch.Tensor, whole_track: bool = False) -> torch.Tensor:
-        """Complex source STFTs `(sources, channels, bins, frames)` from magnitude estimates
-        `(1, sources, channels, bins, frames)` and the mixture STFT `(1, channels, bins, frames)`."""
+        """Complex source STFTs `(batch, sources, channels, bins, frames)` from magnitude estimates
+        `(batch, sources, channels, bins, frames)` and the mixture STFTs `(batch, channels, bins,
+        frames)`; each item filtered on its own."""
         if (not whole_track and self.statistics_ready and self.statistics is not None
                 and self.options.wiener_iterations == 1):
+            if estimates.shape[0] != 1:
+                raise ValueError("track-level Wiener statistics filter one chunk at a time")
             products, power, peak = self.statistics
             filtered = wiener_from_statistics(estimates[0].permute(3, 2, 1, 0), mix_stft[0].permute(2, 1, 0),
                                               products, power, peak)
-            return filtered.permute(3, 2, 1, 0)
+            return filtered.permute(3, 2, 1, 0).unsqueeze(0)
         # A source estimated alone would get a Wiener mask of 1, the whole mixture, whatever
         # the model said: filter it against the residual (the mixture minus the estimate),
         # as the single-target networks' own separators do, and keep the target.
@@ -297,7 +312,7 @@ class ModelRunner:
             eps=NORBERT_EPS if whole_track else DEFAULT_EPS,
             window=None if whole_track else self.options.wiener_window,
         )
-        return filtered[0, :1] if single else filtered[0]
+        return filtered[:, :1] if single else filtered
 
 
 def padded_length(samples: int) -> int:
@@ -307,7 +322,7 @@ def padded_length(samples: int) -> int:
 
 
 def mixture_stft(x: torch.Tensor) -> torch.Tensor:
-    """The STFT `(1, channels, bins, frames)` of a chunk `(1, channels, samples)` zero-padded to `padded_length`."""
+    """The STFTs `(batch, channels, bins, frames)` of chunks `(batch, channels, samples)`, zero-padded to `padded_length`."""
     padded = padded_length(x.shape[-1])
     if padded > x.shape[-1]:
         x = torch.nn.functional.pad(x, [0, padded - x.shape[-1]])

@@ -109,6 +109,8 @@ class Separator:
     `separate_tensor(wav, samplerate)` takes `(channels, samples)` (or `(samples,)`) at
     any rate and returns `{source: (2, samples)}` at that rate; the caller's tensor is
     never modified. `progress(done, total)` is called after each segment.
+    `batch_segments` segments go through the networks at once (0: automatic, as many as fit
+    on a GPU, one on the CPU; see `EngineOptions`).
 
     `pipeline="original"` replays the original Danna-Sep tool's whole-track separation
     (`danna_sep.engine`): the whole track, its spectrograms and every model's activations are
@@ -130,6 +132,7 @@ class Separator:
         precision: str = "auto",
         pipeline: Pipeline = "streamed",
         wiener_statistics: str = "window",
+        batch_segments: int = 0,
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
@@ -141,7 +144,7 @@ class Separator:
         self.options = EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
             precision=resolve_precision(precision, self.device), pipeline=pipeline,
-            wiener_statistics=wiener_statistics,
+            wiener_statistics=wiener_statistics, batch_segments=batch_segments,
         )
         self.progress = progress
         runners = []

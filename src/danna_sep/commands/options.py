@@ -97,6 +97,13 @@ def add_model_arguments(choice, extra) -> None:
     extra.add_argument("--fast", action="store_true", help="with --checkpoints: U-Net and Demucs only")
 
 
+def batch_segments(text: str) -> int:
+    """--batch-segments: "auto" (0) or a count from 1 to 256."""
+    if text == "auto":
+        return 0
+    return int(ranged(int, 1, 256)(text))
+
+
 def add_engine_arguments(group, *, precision: str) -> None:
     """The chunked engine's options (--device, --segment, --overlap, --shifts, --precision);
     `precision` is the default of --precision."""
@@ -108,6 +115,10 @@ def add_engine_arguments(group, *, precision: str) -> None:
                        help="overlap between segments, 0 to 0.5 (default: %(default)s)")
     group.add_argument("--shifts", type=ranged(int, 0, 100), default=0,
                        help="random shifts per segment, 0 to 100 (default: %(default)s)")
+    group.add_argument("--batch-segments", type=batch_segments, default=0, metavar="N|auto",
+                       help="segments of a track separated together, 1 to 256, or auto: as many as fit in "
+                            "a GPU's memory (16 at first, halved until they fit), one on the CPU, where more "
+                            "gains nothing; ignored with --shifts (default: auto)")
     group.add_argument("--pipeline", choices=["streamed", "original"], default="streamed",
                        help="streamed: overlapping segments, memory bounded whatever the track's length; "
                             "original: the original Danna-Sep tool's separation step by step, on the whole "
