@@ -224,7 +224,7 @@ def _segment_outputs(fn: SeparateFn, track: TrackSource, bounds: List[Tuple[int,
 
     Without shifts, up to `options.batch_segments` consecutive segments of the same length go
     through `fn` together (0: as many as fit, on a GPU: 16 at first, halved each time one
-    batch does not fit in its memory; one on other devices)."""
+    batch does not fit in its memory; one on other devices, where batches are slower)."""
     length = track.length
     generator = torch.Generator().manual_seed(options.seed)
     max_shift = int(round(options.max_shift * samplerate))

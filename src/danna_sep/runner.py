@@ -69,7 +69,8 @@ class EngineOptions:
     batch_segments: int = 1
     """Segments of a track separated in one pass of the networks (without shifts): more
     work per kernel launch on a GPU; 0 picks it (on a GPU 16 at first, halved while they do
-    not fit in its memory; 1 elsewhere, where it gains nothing). Memory grows with it."""
+    not fit in its memory; 1 elsewhere: on 2 CPU cores 3 at once was a tenth slower). Memory
+    grows with it."""
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
     """Arithmetic of the networks' forward passes. bfloat16 runs a bfloat16 copy of each
     network (TorchScript files: autocast) and is about twice as fast on CPUs with native

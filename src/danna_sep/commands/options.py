@@ -118,7 +118,7 @@ def add_engine_arguments(group, *, precision: str) -> None:
     group.add_argument("--batch-segments", type=batch_segments, default=0, metavar="N|auto",
                        help="segments of a track separated together, 1 to 256, or auto: as many as fit in "
                             "a GPU's memory (16 at first, halved until they fit), one on the CPU, where more "
-                            "gains nothing; ignored with --shifts (default: auto)")
+                            "is slower; ignored with --shifts (default: auto)")
     group.add_argument("--pipeline", choices=["streamed", "original"], default="streamed",
                        help="streamed: overlapping segments, memory bounded whatever the track's length; "
                             "original: the original Danna-Sep tool's separation step by step, on the whole "
