@@ -157,7 +157,7 @@ def score(name: str, estimator, tracks: Sequence) -> Dict[str, float]:
 
 
 def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
-                 overlap: float = 0.1) -> Dict[str, Dict[str, float]]:
+                 overlap: float = 0.1, wiener_blend: str = "members") -> Dict[str, Dict[str, float]]:
     """The table: each member, the blend, the IRM2 ceiling and the mixture floor."""
     from danna_sep.evaluate import oracle_estimator, separator_estimator
     from danna_sep.separator import Separator
@@ -168,7 +168,11 @@ def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
         separator = Separator(alone, device="cpu", precision=precision, overlap=overlap)
         estimator = blend.wrap(index, separator_estimator(separator))
         rows[alone.members[0].name] = score(alone.members[0].name, estimator, tracks)
-    rows["blend"] = score("blend", blend.estimator(), tracks)
+    if wiener_blend == "members":
+        rows["blend"] = score("blend", blend.estimator(), tracks)
+    else:  # one Wiener filter for the blend's spectrogram members: not a sum of the members' stems
+        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend)
+        rows["blend"] = score("blend", separator_estimator(whole), tracks)
     rows["oracle IRM2 (ceiling)"] = score("oracle IRM2", oracle_estimator("irm2"), tracks)
     rows["mixture (floor)"] = score("mixture", oracle_estimator("mixture"), tracks)
     return rows
@@ -224,7 +228,7 @@ def real_estimates(stems: Dict[str, object], weights: Optional[Dict[str, float]]
 
 
 def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32",
-              overlap: float = 0.1) -> Dict[str, Dict[str, float]]:
+              overlap: float = 0.1, wiener_blend: str = "members") -> Dict[str, Dict[str, float]]:
     """The real-music table: each member, the blend (summed from the members' weighted
     stems, as in `BlendFromMembers`), IRM2 at the clips' rate and the mixture floor."""
     import torch
@@ -253,6 +257,9 @@ def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float
             blend[index] = blend[index] + real_estimates(stems, member.blend)
         print(file=sys.stderr)
         rows[member.name] = table(estimates)
+    if wiener_blend != "members":
+        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend)
+        blend = [real_estimates(whole.separate_tensor(clip.mixture, clip.samplerate)) for clip in clips]
     rows["blend"] = table(blend)
     rows["oracle IRM2 (ceiling)"] = table([oracle_estimates("irm2", truth(clip)) for clip in clips])
     rows["mixture (floor)"] = table([oracle_estimates("mixture", truth(clip)) for clip in clips])
@@ -286,6 +293,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help="the networks' arithmetic (default: float32, the same on every machine)")
     parser.add_argument("--overlap", type=float, default=0.1,
                         help="fraction of a segment shared with the next (separate's --overlap; default 0.1)")
+    parser.add_argument("--wiener-blend", choices=["members", "joint"], default="members",
+                        help="separate's --wiener-blend: joint scores the blend through the bundle's own "
+                             "Separator (one more pass) instead of summing its members' stems")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
@@ -309,11 +319,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     info = common.machine_info(threads=torch.get_num_threads())
     started = time.monotonic()
-    rows = quality_rows(bundle, tracks, args.precision, args.overlap)
+    rows = quality_rows(bundle, tracks, args.precision, args.overlap, args.wiener_blend)
     print(f"# Separation quality: {bundle.describe()}")
     made = "tracks as found" if args.as_is else f"generated tracks of {args.seconds:g} s, corpus seed {args.seed}"
     print(f"Test split: {len(tracks)} {made} "
-          f"({args.data}); networks in {args.precision}; overlap {args.overlap:g}; MDX SDR in dB, mean over tracks; "
+          f"({args.data}); networks in {args.precision}; overlap {args.overlap:g}; Wiener filter per "
+          f"{'member' if args.wiener_blend == 'members' else 'blend (joint)'}; MDX SDR in dB, mean over tracks; "
           f"{time.monotonic() - started:.0f} s on "
           f"{common.machine_line(info)}")
     print()
@@ -321,7 +332,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     real = None
     if clips:
         started = time.monotonic()
-        real = real_rows(bundle, clips, args.precision, args.overlap)
+        real = real_rows(bundle, clips, args.precision, args.overlap, args.wiener_blend)
         print()
         print(f"Real recordings: {len(clips)} MIR-1K clips ({args.realval}), mono {clips[0].samplerate} Hz, "
               f"separated at 44.1 kHz; accompaniment = drums + bass + other; MDX SDR in dB at the clips' "
@@ -331,7 +342,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.json is not None:
         common.write_json(args.json, {"machine": info, "bundle": bundle.describe(), "tracks": [t.name for t in tracks],
                                       "seed": args.seed, "seconds": args.seconds, "precision": args.precision,
-                                      "overlap": args.overlap,
+                                      "overlap": args.overlap, "wiener_blend": args.wiener_blend,
                                       "sdr": rows,
                                       "real": None if real is None else {"root": args.realval,
                                                                          "clips": [c.name for c in clips],

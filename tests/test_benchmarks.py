@@ -229,6 +229,16 @@ def test_quality_table_on_a_generated_split(bench, tmp_path, capsys):
         stem = sf.read(track / f"{source}.wav", dtype="float32")[0].T
         direct = sdr_mdx(stem[None], separated[source].numpy()[None])[0]
         assert rows["blend"][source] == pytest.approx(direct, abs=1e-3)
+    # --wiener-blend joint: the blend row is the bundle's own Separator with one Wiener filter
+    assert quality.main(args + ["--force", "--wiener-blend", "joint"]) == 0
+    joint_rows = json.loads(out.read_text())["sdr"]
+    joint = Separator(bundle, device="cpu", precision="float32", wiener_blend="joint").separate_tensor(
+        torch.from_numpy(mixture.T.astype(np.float32)), 44100)
+    for source in ("drums", "bass", "other", "vocals"):
+        stem = sf.read(track / f"{source}.wav", dtype="float32")[0].T
+        assert joint_rows["blend"][source] == pytest.approx(sdr_mdx(stem[None], joint[source].numpy()[None])[0], abs=1e-3)
+    assert joint_rows["xumx"] == rows["xumx"] and joint_rows["blend"] != rows["blend"]
+    capsys.readouterr()
     assert quality.main(args) == 1  # the JSON exists: needs --force
     assert "already exists" in capsys.readouterr().err
     assert quality.main(args + ["--force"]) == 0

@@ -231,6 +231,47 @@ def test_automatic_batches_halve_until_they_fit(monkeypatch, caplog):
         engine.separate(ModelRunner(model, CPU, fixed), track, 44100, fixed)
 
 
+def test_joint_wiener_filters_the_blended_magnitudes_once():
+    """wiener_blend="joint": the spectrogram members' magnitudes, weighted per source and normalised
+    by the weights' sum, go through one Wiener filter, scaled back by that sum; identical members
+    give what filtering each gives."""
+    from danna_sep import spectral
+    from danna_sep.runner import mixture_stft
+    from danna_sep.wiener import apply_wiener
+
+    members, weights = _blend_of_three()
+    sources = ["drums", "bass", "other", "vocals"]
+    joint = EngineOptions(wiener_blend="joint")
+    runners = [ModelRunner(m, CPU, joint) for m in members]
+    chunk = torch.randn(2, 30_001) * 0.1
+    got = engine.Blend(runners, weights, sources)(chunk)
+
+    mix = mixture_stft(chunk.unsqueeze(0))
+    magnitude, share = torch.zeros((1, 4) + mix.shape[1:]), torch.zeros(4)
+    for runner, table in zip(runners[:2], weights[:2]):
+        estimates = runner.estimates(mix)
+        for j, name in enumerate(runner.sources):
+            magnitude[:, j] += table.get(name, 0.0) * estimates[:, j]
+            share[j] += table.get(name, 0.0)
+    filtered = apply_wiener(magnitude / share[None, :, None, None, None], mix) * share[None, :, None, None, None]
+    expected = spectral.istft(filtered[0], 30_001)
+    expected[0] += 0.5 * runners[2](chunk)[0]  # the waveform member, drums 0.5 and vocals 0.25
+    expected[3] += 0.25 * runners[2](chunk)[3]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+
+    # Two copies of one member: the joint filter of their blend is each one's filter.
+    twin = [members[0], members[0]]
+    tables = [{"drums": 0.3, "bass": 0.6, "other": 0.5, "vocals": 0.2}, {"drums": 0.7, "bass": 0.4, "other": 0.5,
+                                                                        "vocals": 0.8}]
+    apart = engine.Blend([ModelRunner(m, CPU, EngineOptions()) for m in twin], tables, sources)(chunk)
+    together = engine.Blend([ModelRunner(m, CPU, joint) for m in twin], tables, sources)(chunk)
+    torch.testing.assert_close(together, apart, rtol=0, atol=1e-5 * apart.abs().max().item())
+    assert not torch.allclose(got, engine.Blend([ModelRunner(m, CPU, EngineOptions()) for m in members], weights,
+                                                sources)(chunk), atol=1e-4)
+    with pytest.raises(ValueError, match="track statistics"):
+        EngineOptions(wiener_blend="joint", wiener_statistics="track")
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="overlap"):
         EngineOptions(overlap=0.8)

@@ -300,6 +300,7 @@ class Blend:
         self.weights = [dict(w) for w in weights]
         self.sources = list(sources)
 
+    @torch.no_grad()
     def __call__(self, chunk: torch.Tensor, step: Optional[StepFn] = None) -> torch.Tensor:
         """The blend on `chunk` `(channels, samples)`, or on a batch of chunks `(batch, channels,
         samples)` (each runner then takes the batch at once); `step(fraction)` after each model
@@ -308,6 +309,9 @@ class Blend:
         Spectrogram runners share the work around their networks: the mixture's STFT is
         taken once, and their weighted filtered spectrograms are summed and inverted by one
         iSTFT (the iSTFT is linear, so this is the sum of their waveforms, up to rounding).
+        With `wiener_blend="joint"` (the runners' options) they are filtered once, together:
+        their magnitudes, weighted per source, are normalised by the weights' sum, filtered,
+        and scaled by it again.
         """
         length = chunk.shape[-1]
         batched = chunk.dim() == 3
@@ -318,16 +322,26 @@ class Blend:
         shared = [runner for runner, _ in active if isinstance(runner, ModelRunner) and runner.shares_spectrograms()]
         # Runners on another device than the first shared one go their own way.
         shared = [runner for runner in shared if runner.device == shared[0].device]
+        joint = len(shared) > 1 and shared[0].options.wiener_blend == "joint"
         mix_stft: Optional[torch.Tensor] = None
         spectrum: Optional[torch.Tensor] = None  # (batch, sources, channels, bins, frames), the weighted sum
+        magnitude: Optional[torch.Tensor] = None  # joint: the weighted sum of the members' magnitudes
+        share = torch.zeros(len(self.sources))  # joint: the shared members' weight per source
         for done, (runner, weights) in enumerate(active, start=1):
             if runner in shared:
                 if mix_stft is None:
                     mix_stft = mixture_stft(chunks.to(runner.device, torch.float32))
                     spectrum = torch.zeros((mix_stft.shape[0], len(self.sources)) + mix_stft.shape[1:],
                                            dtype=mix_stft.dtype, device=mix_stft.device)
-                out = runner.filtered(mix_stft)
-                target = spectrum
+                    if joint:
+                        magnitude = torch.zeros(spectrum.shape, device=mix_stft.device)
+                if joint:
+                    out, target = runner.estimates(mix_stft), magnitude
+                    for j, name in enumerate(runner.sources):
+                        if name in self.sources:
+                            share[self.sources.index(name)] += weights.get(name, 0.0)
+                else:
+                    out, target = runner.filtered(mix_stft), spectrum
             else:
                 out = runner(chunks)
                 target = total
@@ -336,6 +350,11 @@ class Blend:
                     target[:, self.sources.index(name)] += weights[name] * out[:, j]
             if step is not None and done < len(active):
                 step(done / len(active))
+        if joint and magnitude is not None and spectrum is not None:
+            present = share > 0
+            magnitude[:, present] /= share[present].to(magnitude.device)[None, :, None, None, None]
+            filtered = shared[0].filter(magnitude, mix_stft)
+            spectrum = filtered * share.to(filtered.device)[None, :, None, None, None]
         if spectrum is not None:
             total += spectral.istft(spectrum, padded_length(length))[..., :length].float().cpu()
         if step is not None:

@@ -66,6 +66,12 @@ class EngineOptions:
     original Danna-Sep tool's whole-track separation step by step (see the module's
     docstring); segment, overlap, wiener_window and the shift trick do not apply, and
     memory grows with the track's length."""
+    wiener_blend: Literal["members", "joint"] = "members"
+    """How a blend's spectrogram members meet the Wiener filter: "members" filters each
+    member's estimate on its own and blends the results (the original's way); "joint" blends
+    their magnitude estimates (each source's weights normalised over them) and filters once,
+    scaled back by those weights. Joint is faster (one filter instead of one per member) and
+    measured +0.09 dB on produced songs but -0.02 dB on MIR-1K (README, The default model)."""
     batch_segments: int = 1
     """Segments of a track separated in one pass of the networks (without shifts): more
     work per kernel launch on a GPU; 0 picks it (on a GPU 16 at first, halved while they do
@@ -87,6 +93,10 @@ class EngineOptions:
             raise ValueError("shifts must be 0 or more")
         if self.wiener_iterations < 0:
             raise ValueError("wiener_iterations must be 0 or more")
+        if self.wiener_blend not in ("members", "joint"):
+            raise ValueError(f"wiener_blend must be members or joint, got {self.wiener_blend!r}")
+        if self.wiener_blend == "joint" and self.wiener_statistics == "track":
+            raise ValueError("wiener_blend joint filters the blend's estimate: track statistics are per member")
         if self.batch_segments < 0:
             raise ValueError("batch_segments must be 0 (automatic) or more")
         if self.precision not in ("auto", "float32", "bfloat16"):
@@ -230,6 +240,18 @@ class ModelRunner:
         """Wiener-filtered source STFTs `(batch, sources, channels, bins, frames)` of chunks, given
         their mixture STFTs `(batch, channels, bins, frames)` (`mixture_stft`, on this runner's device)."""
         return self._filter(self._estimates(mix_stft), mix_stft)
+
+    @torch.no_grad()
+    def estimates(self, mix_stft: torch.Tensor) -> torch.Tensor:
+        """Magnitude estimates `(batch, sources, channels, bins, frames)` of chunks given their
+        mixture STFTs, before any Wiener filter (for a blend's joint filter, `wiener_blend`)."""
+        return self._estimates(mix_stft)
+
+    @torch.no_grad()
+    def filter(self, estimates: torch.Tensor, mix_stft: torch.Tensor) -> torch.Tensor:
+        """This runner's Wiener filter (its options) on magnitude estimates `(batch, sources,
+        channels, bins, frames)`: complex STFTs of the same shape."""
+        return self._filter(estimates, mix_stft)
 
     def _original(self, x: torch.Tensor, length: int) -> torch.Tensor:
         """The original tool's pass of this model over a whole track `(1, channels, length)`:

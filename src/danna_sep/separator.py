@@ -133,6 +133,7 @@ class Separator:
         pipeline: Pipeline = "streamed",
         wiener_statistics: str = "window",
         batch_segments: int = 0,
+        wiener_blend: str = "members",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
@@ -144,7 +145,7 @@ class Separator:
         self.options = EngineOptions(
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
             precision=resolve_precision(precision, self.device), pipeline=pipeline,
-            wiener_statistics=wiener_statistics, batch_segments=batch_segments,
+            wiener_statistics=wiener_statistics, batch_segments=batch_segments, wiener_blend=wiener_blend,
         )
         self.progress = progress
         runners = []

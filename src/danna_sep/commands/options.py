@@ -115,6 +115,10 @@ def add_engine_arguments(group, *, precision: str) -> None:
                        help="overlap between segments, 0 to 0.5 (default: %(default)s)")
     group.add_argument("--shifts", type=ranged(int, 0, 100), default=0,
                        help="random shifts per segment, 0 to 100 (default: %(default)s)")
+    group.add_argument("--wiener-blend", choices=["members", "joint"], default="members",
+                       help="members: each spectrogram model's estimate Wiener-filtered on its own, then "
+                            "blended (the original's way); joint: their blended magnitudes filtered once, "
+                            "faster (default: %(default)s)")
     group.add_argument("--batch-segments", type=batch_segments, default=0, metavar="N|auto",
                        help="segments of a track separated together, 1 to 256, or auto: as many as fit in "
                             "a GPU's memory (16 at first, halved until they fit), one on the CPU, where more "
