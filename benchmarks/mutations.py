@@ -102,6 +102,19 @@ MUTATIONS: Tuple[Mutation, ...] = (
         ("tests/test_cli_bad_input.py::test_sigkill_then_a_rerun_writes_the_track_whole",),
     ),
     Mutation(
+        "batched-segments-out-of-order", "segments separated in one batch come back in the wrong order",
+        "src/danna_sep/engine.py",
+        (("        for i, out in zip(group, outs):\n", "        for i, out in zip(group, reversed(outs)):\n"),),
+        ("tests/test_engine.py::test_segments_in_batches_give_what_one_at_a_time_gives",),
+    ),
+    Mutation(
+        "joint-wiener-not-rescaled", "the joint Wiener filter's result is not scaled back by the members' weights",
+        "src/danna_sep/engine.py",
+        (("            spectrum = filtered * share.to(filtered.device)[None, :, None, None, None]\n",
+          "            spectrum = filtered\n"),),
+        ("tests/test_engine.py::test_joint_wiener_filters_the_blended_magnitudes_once",),
+    ),
+    Mutation(
         "single-target-no-residual", "a single-target model is Wiener-filtered alone (mask 1: the mixture back)",
         "src/danna_sep/runner.py",
         (("            residual=single,\n", "            residual=False,\n"),),
