@@ -14,7 +14,9 @@ overlap 0.1, one Wiener iteration):
 
 - each member alone: a one-model bundle with weight 1 on every source;
 - the blend: the bundle as it ships, with its blend table (summed from the members'
-  estimates: the same signal as `Separator` on the bundle, see `BlendFromMembers`);
+  estimates where that is the same signal as `Separator` on the bundle, see
+  `BlendFromMembers`; otherwise, with weights per frequency or one joint Wiener filter,
+  separated once more by the bundle's own `Separator`);
 - IRM2 (oracle ratio-of-powers mask from the true stems): a ceiling for mask models;
 - the mixture as every source's estimate: the floor.
 
@@ -138,6 +140,16 @@ class BlendFromMembers:
         return estimate
 
 
+def summed_blend(bundle: Bundle, wiener_blend: str, blend_bins: str) -> bool:
+    """Whether the blend is the weighted sum of its members' stems (so scored from them at no
+    cost): each member filtered on its own, and every weight on every frequency (or no
+    spectrogram member models fewer frequencies than the others)."""
+    if wiener_blend != "members":
+        return False
+    limits = {getattr(m.model, "output_bins", 0) or None for m in bundle.members if m.model.input_domain != "waveform"}
+    return blend_bins == "all" or len(limits) <= 1
+
+
 def _track_key(stems) -> int:
     """Tracks are told apart by their mixture's samples (estimators only see the stems)."""
     import hashlib
@@ -156,8 +168,8 @@ def score(name: str, estimator, tracks: Sequence) -> Dict[str, float]:
     return {group: summary[group]["SDR"] for group in (*SOURCES, "mean")}
 
 
-def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
-                 overlap: float = 0.1, wiener_blend: str = "members") -> Dict[str, Dict[str, float]]:
+def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32", overlap: float = 0.1,
+                 wiener_blend: str = "members", blend_bins: str = "modelled") -> Dict[str, Dict[str, float]]:
     """The table: each member, the blend, the IRM2 ceiling and the mixture floor."""
     from danna_sep.evaluate import oracle_estimator, separator_estimator
     from danna_sep.separator import Separator
@@ -168,10 +180,11 @@ def quality_rows(bundle: Bundle, tracks: Sequence, precision: str = "float32",
         separator = Separator(alone, device="cpu", precision=precision, overlap=overlap)
         estimator = blend.wrap(index, separator_estimator(separator))
         rows[alone.members[0].name] = score(alone.members[0].name, estimator, tracks)
-    if wiener_blend == "members":
+    if summed_blend(bundle, wiener_blend, blend_bins):
         rows["blend"] = score("blend", blend.estimator(), tracks)
-    else:  # one Wiener filter for the blend's spectrogram members: not a sum of the members' stems
-        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend)
+    else:  # one Wiener filter, or weights per frequency: not a sum of the members' stems
+        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend,
+                          blend_bins=blend_bins)
         rows["blend"] = score("blend", separator_estimator(whole), tracks)
     rows["oracle IRM2 (ceiling)"] = score("oracle IRM2", oracle_estimator("irm2"), tracks)
     rows["mixture (floor)"] = score("mixture", oracle_estimator("mixture"), tracks)
@@ -227,8 +240,8 @@ def real_estimates(stems: Dict[str, object], weights: Optional[Dict[str, float]]
     return torch.stack([mono("vocals"), accompaniment])
 
 
-def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32",
-              overlap: float = 0.1, wiener_blend: str = "members") -> Dict[str, Dict[str, float]]:
+def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float32", overlap: float = 0.1,
+              wiener_blend: str = "members", blend_bins: str = "modelled") -> Dict[str, Dict[str, float]]:
     """The real-music table: each member, the blend (summed from the members' weighted
     stems, as in `BlendFromMembers`), IRM2 at the clips' rate and the mixture floor."""
     import torch
@@ -257,8 +270,9 @@ def real_rows(bundle: Bundle, clips: Sequence[RealClip], precision: str = "float
             blend[index] = blend[index] + real_estimates(stems, member.blend)
         print(file=sys.stderr)
         rows[member.name] = table(estimates)
-    if wiener_blend != "members":
-        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend)
+    if not summed_blend(bundle, wiener_blend, blend_bins):
+        whole = Separator(bundle, device="cpu", precision=precision, overlap=overlap, wiener_blend=wiener_blend,
+                          blend_bins=blend_bins)
         blend = [real_estimates(whole.separate_tensor(clip.mixture, clip.samplerate)) for clip in clips]
     rows["blend"] = table(blend)
     rows["oracle IRM2 (ceiling)"] = table([oracle_estimates("irm2", truth(clip)) for clip in clips])
@@ -296,6 +310,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--wiener-blend", choices=["members", "joint"], default="members",
                         help="separate's --wiener-blend: joint scores the blend through the bundle's own "
                              "Separator (one more pass) instead of summing its members' stems")
+    parser.add_argument("--blend-bins", choices=["modelled", "all"], default="modelled",
+                        help="separate's --blend-bins (modelled: weights per frequency, the blend scored "
+                             "through the bundle's own Separator where a member models fewer frequencies)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     parser.add_argument("--force", action="store_true", help="replace the --json file if it exists")
@@ -319,12 +336,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     info = common.machine_info(threads=torch.get_num_threads())
     started = time.monotonic()
-    rows = quality_rows(bundle, tracks, args.precision, args.overlap, args.wiener_blend)
+    rows = quality_rows(bundle, tracks, args.precision, args.overlap, args.wiener_blend, args.blend_bins)
     print(f"# Separation quality: {bundle.describe()}")
     made = "tracks as found" if args.as_is else f"generated tracks of {args.seconds:g} s, corpus seed {args.seed}"
     print(f"Test split: {len(tracks)} {made} "
           f"({args.data}); networks in {args.precision}; overlap {args.overlap:g}; Wiener filter per "
-          f"{'member' if args.wiener_blend == 'members' else 'blend (joint)'}; MDX SDR in dB, mean over tracks; "
+          f"{'member' if args.wiener_blend == 'members' else 'blend (joint)'}; blend weights on "
+          f"{'the bins each member models' if args.blend_bins == 'modelled' else 'every bin'}; MDX SDR in dB, mean over tracks; "
           f"{time.monotonic() - started:.0f} s on "
           f"{common.machine_line(info)}")
     print()
@@ -332,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     real = None
     if clips:
         started = time.monotonic()
-        real = real_rows(bundle, clips, args.precision, args.overlap, args.wiener_blend)
+        real = real_rows(bundle, clips, args.precision, args.overlap, args.wiener_blend, args.blend_bins)
         print()
         print(f"Real recordings: {len(clips)} MIR-1K clips ({args.realval}), mono {clips[0].samplerate} Hz, "
               f"separated at 44.1 kHz; accompaniment = drums + bass + other; MDX SDR in dB at the clips' "
@@ -343,6 +361,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         common.write_json(args.json, {"machine": info, "bundle": bundle.describe(), "tracks": [t.name for t in tracks],
                                       "seed": args.seed, "seconds": args.seconds, "precision": args.precision,
                                       "overlap": args.overlap, "wiener_blend": args.wiener_blend,
+                                      "blend_bins": args.blend_bins,
                                       "sdr": rows,
                                       "real": None if real is None else {"root": args.realval,
                                                                          "clips": [c.name for c in clips],

@@ -141,7 +141,7 @@ def test_blend_shares_one_stft_and_one_istft_between_spectrogram_members(monkeyp
     members = [randomize(models.build("xumx", hidden_channels=16, max_bins=200, nb_layers=1), seed=1).eval(),
                randomize(models.build("unet_attn", max_bins=128, k=2), seed=2).eval(),
                LocalConv().eval()]
-    options = EngineOptions(wiener_iterations=1)
+    options = EngineOptions(wiener_iterations=1, blend_bins="all")  # every weight on every bin
     runners = [ModelRunner(model, CPU, options) for model in members]
     sources = ["drums", "bass", "other", "vocals"]
     weights = [{"drums": 0.7, "bass": 0.3, "vocals": 0.5}, {"drums": 0.3, "bass": 0.7, "other": 1.0, "vocals": 0.25},
@@ -241,7 +241,7 @@ def test_joint_wiener_filters_the_blended_magnitudes_once():
 
     members, weights = _blend_of_three()
     sources = ["drums", "bass", "other", "vocals"]
-    joint = EngineOptions(wiener_blend="joint")
+    joint = EngineOptions(wiener_blend="joint", blend_bins="all")
     runners = [ModelRunner(m, CPU, joint) for m in members]
     chunk = torch.randn(2, 30_001) * 0.1
     got = engine.Blend(runners, weights, sources)(chunk)
@@ -263,11 +263,71 @@ def test_joint_wiener_filters_the_blended_magnitudes_once():
     twin = [members[0], members[0]]
     tables = [{"drums": 0.3, "bass": 0.6, "other": 0.5, "vocals": 0.2}, {"drums": 0.7, "bass": 0.4, "other": 0.5,
                                                                         "vocals": 0.8}]
-    apart = engine.Blend([ModelRunner(m, CPU, EngineOptions()) for m in twin], tables, sources)(chunk)
+    apart = engine.Blend([ModelRunner(m, CPU, EngineOptions(blend_bins="all")) for m in twin], tables,
+                         sources)(chunk)
     together = engine.Blend([ModelRunner(m, CPU, joint) for m in twin], tables, sources)(chunk)
     torch.testing.assert_close(together, apart, rtol=0, atol=1e-5 * apart.abs().max().item())
-    assert not torch.allclose(got, engine.Blend([ModelRunner(m, CPU, EngineOptions()) for m in members], weights,
-                                                sources)(chunk), atol=1e-4)
+    assert not torch.allclose(got, engine.Blend([ModelRunner(m, CPU, EngineOptions(blend_bins="all"))
+                                                 for m in members], weights, sources)(chunk), atol=1e-4)
+
+
+def test_modelled_bin_weights_known_answer():
+    """Above a member's modelled bins its weight goes to the members that model them, in
+    proportion to their weights; where no member with a weight models a bin, weights stay."""
+
+    class Limited:
+        def __init__(self, bins):
+            self.output_bins = bins
+
+    runners = [Limited(None), Limited(3), Limited(5)]
+    weights = [{"drums": 0.2, "bass": 0.0}, {"drums": 0.5, "bass": 0.6}, {"drums": 0.3, "bass": 0.4}]
+    got = engine.modelled_bin_weights(runners, weights, ["drums", "bass"], 6)
+    drums = [[0.2] * 3 + [0.4] * 2 + [1.0], [0.5] * 3 + [0.0] * 3, [0.3] * 3 + [0.6] * 2 + [0.0]]
+    bass = [[0.0] * 6, [0.6] * 3 + [0.0] * 2 + [0.6], [0.4] * 3 + [1.0] * 2 + [0.4]]
+    for m in range(3):
+        torch.testing.assert_close(got[runners[m]], torch.tensor([drums[m], bass[m]]))
+
+
+@pytest.mark.parametrize("wiener_blend", ["members", "joint"])
+def test_blend_weighs_a_member_only_on_the_bins_it_models(wiener_blend):
+    """blend_bins="modelled" (the default): the U-Net of 128 bins outputs a constant mask above
+    them, so there the X-UMX (all bins) takes both weights; where the X-UMX has no weight
+    ("other"), the U-Net keeps its own."""
+    from danna_sep import spectral
+    from danna_sep.runner import mixture_stft
+    from danna_sep.wiener import apply_wiener
+
+    members, weights = _blend_of_three()
+    assert members[1].output_bins == 128 and members[0].output_bins == 2049
+    sources = ["drums", "bass", "other", "vocals"]
+    options = EngineOptions(wiener_blend=wiener_blend)
+    assert options.blend_bins == "modelled"
+    runners = [ModelRunner(m, CPU, options) for m in members]
+    chunk = torch.randn(2, 30_001) * 0.1
+    got = engine.Blend(runners, weights, sources)(chunk)
+
+    mix = mixture_stft(chunk.unsqueeze(0))
+    parts = [runner.filtered(mix) if wiener_blend == "members" else runner.estimates(mix) for runner in runners[:2]]
+    spectrum = torch.zeros_like(parts[0])
+    for j, name in enumerate(sources):
+        low, high = weights[0].get(name, 0.0), weights[1].get(name, 0.0)
+        spectrum[:, j, ..., :128, :] = low * parts[0][:, j, ..., :128, :] + high * parts[1][:, j, ..., :128, :]
+        if low:
+            spectrum[:, j, ..., 128:, :] = (low + high) * parts[0][:, j, ..., 128:, :]
+        else:
+            spectrum[:, j, ..., 128:, :] = high * parts[1][:, j, ..., 128:, :]
+    if wiener_blend == "joint":
+        share = torch.tensor([weights[0].get(s, 0.0) + weights[1].get(s, 0.0) for s in sources])[None, :, None, None,
+                                                                                                   None]
+        spectrum = apply_wiener(spectrum / share, mix) * share
+    expected = spectral.istft(spectrum[0], 30_001)
+    waveform = runners[2](chunk)
+    expected[0] += 0.5 * waveform[0]
+    expected[3] += 0.25 * waveform[3]
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
+    flat = engine.Blend([ModelRunner(m, CPU, EngineOptions(wiener_blend=wiener_blend, blend_bins="all"))
+                         for m in members], weights, sources)(chunk)
+    assert not torch.allclose(got, flat, atol=1e-4)
     with pytest.raises(ValueError, match="track statistics"):
         EngineOptions(wiener_blend="joint", wiener_statistics="track")
 

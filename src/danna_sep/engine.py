@@ -286,6 +286,24 @@ def separate(
     return torch.cat(blocks, dim=-1)
 
 
+def modelled_bin_weights(runners: Sequence[ModelRunner], weights: Sequence[dict], sources: Sequence[str],
+                         bins: int) -> dict:
+    """Each spectrogram runner's blend weights per source and frequency bin `(sources, bins)`:
+    its weight on the bins its network models, nothing above them, and on each bin the
+    modelling runners' weights scaled to the same sum as all of theirs (where none models a
+    bin, every runner keeps its weight there)."""
+    flat = torch.tensor([[w.get(s, 0.0) for s in sources] for w in weights], dtype=torch.float32)
+    modelled = torch.ones(len(runners), bins)
+    for m, runner in enumerate(runners):
+        if runner.output_bins is not None:
+            modelled[m, runner.output_bins:] = 0.0
+    limited = flat[:, :, None] * modelled[:, None, :]  # (runners, sources, bins)
+    covered = limited.sum(dim=0)
+    total = flat.sum(dim=0)[:, None].expand_as(covered)
+    scaled = torch.where(covered > 0, limited * (total / covered.clamp_min(1e-12)), flat[:, :, None])
+    return {runner: scaled[m] for m, runner in enumerate(runners)}
+
+
 class Blend:
     """Weighted per-source sum of several runners on the same chunk.
 
@@ -327,10 +345,14 @@ class Blend:
         spectrum: Optional[torch.Tensor] = None  # (batch, sources, channels, bins, frames), the weighted sum
         magnitude: Optional[torch.Tensor] = None  # joint: the weighted sum of the members' magnitudes
         share = torch.zeros(len(self.sources))  # joint: the shared members' weight per source
+        per_bin: dict = {}  # shared runner -> its weights per source and bin (blend_bins "modelled")
         for done, (runner, weights) in enumerate(active, start=1):
             if runner in shared:
                 if mix_stft is None:
                     mix_stft = mixture_stft(chunks.to(runner.device, torch.float32))
+                    if shared[0].options.blend_bins == "modelled":
+                        per_bin = modelled_bin_weights(shared, [w for r, w in active if r in shared],
+                                                       self.sources, mix_stft.shape[-2])
                     spectrum = torch.zeros((mix_stft.shape[0], len(self.sources)) + mix_stft.shape[1:],
                                            dtype=mix_stft.dtype, device=mix_stft.device)
                     if joint:
@@ -347,7 +369,11 @@ class Blend:
                 target = total
             for j, name in enumerate(runner.sources):
                 if name in self.sources and weights.get(name, 0.0):
-                    target[:, self.sources.index(name)] += weights[name] * out[:, j]
+                    index = self.sources.index(name)
+                    if runner in per_bin:
+                        target[:, index] += per_bin[runner][index].to(out.device)[:, None] * out[:, j]
+                    else:
+                        target[:, index] += weights[name] * out[:, j]
             if step is not None and done < len(active):
                 step(done / len(active))
         if joint and magnitude is not None and spectrum is not None:

@@ -77,6 +77,11 @@ class EngineOptions:
     work per kernel launch on a GPU; 0 picks it (on a GPU 16 at first, halved while they do
     not fit in its memory; 1 elsewhere: on 2 CPU cores 3 at once was a tenth slower). Memory
     grows with it."""
+    blend_bins: Literal["modelled", "all"] = "modelled"
+    """Where a blend member's weight applies: "modelled": only on the frequency bins its
+    network models (`output_bins`; above them a U-Net of 768 bins outputs a constant mask),
+    its weight there shared among the spectrogram members that do model them, in proportion
+    to their weights; "all": on every bin (the original's way)."""
     precision: Literal["auto", "float32", "bfloat16"] = "float32"
     """Arithmetic of the networks' forward passes. bfloat16 runs a bfloat16 copy of each
     network (TorchScript files: autocast) and is about twice as fast on CPUs with native
@@ -97,6 +102,8 @@ class EngineOptions:
             raise ValueError(f"wiener_blend must be members or joint, got {self.wiener_blend!r}")
         if self.wiener_blend == "joint" and self.wiener_statistics == "track":
             raise ValueError("wiener_blend joint filters the blend's estimate: track statistics are per member")
+        if self.blend_bins not in ("modelled", "all"):
+            raise ValueError(f"blend_bins must be modelled or all, got {self.blend_bins!r}")
         if self.batch_segments < 0:
             raise ValueError("batch_segments must be 0 (automatic) or more")
         if self.precision not in ("auto", "float32", "bfloat16"):
@@ -229,6 +236,14 @@ class ModelRunner:
         else:
             out = spectral.istft(self.filtered(mixture_stft(x)), padded_length(length))[..., :length]
         return (out if batched else out[0]).float().cpu()
+
+    @property
+    def output_bins(self) -> Optional[int]:
+        """How many low frequency bins the network models (None: all of them, or not said: a
+        model's `output_bins` of 0, as in ONNX files, claims no limit)."""
+        networks = list(self.model) if isinstance(self.model, TargetGroup) else [self.model]
+        bins = [getattr(network, "output_bins", 0) or None for network in networks]
+        return None if any(b is None for b in bins) else min(int(b) for b in bins)
 
     def shares_spectrograms(self) -> bool:
         """Whether a blend may hand this runner the mixture's STFT and invert its filtered

@@ -134,6 +134,7 @@ class Separator:
         wiener_statistics: str = "window",
         batch_segments: int = 0,
         wiener_blend: str = "members",
+        blend_bins: str = "modelled",
         progress: Optional[ProgressFn] = None,
     ):
         _return_freed_memory_to_the_system()
@@ -146,6 +147,7 @@ class Separator:
             segment=segment, overlap=overlap, shifts=shifts, wiener_iterations=wiener_iterations,
             precision=resolve_precision(precision, self.device), pipeline=pipeline,
             wiener_statistics=wiener_statistics, batch_segments=batch_segments, wiener_blend=wiener_blend,
+            blend_bins=blend_bins,
         )
         self.progress = progress
         runners = []

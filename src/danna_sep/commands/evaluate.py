@@ -137,6 +137,7 @@ def _estimator(args: argparse.Namespace, place: Distributed):
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, umx=args.umx, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
         pipeline=args.pipeline, batch_segments=args.batch_segments, wiener_blend=args.wiener_blend,
+        blend_bins=args.blend_bins,
     )
     description = (f"checkpoints {args.checkpoints}" if args.checkpoints else f"Open-Unmix {args.umx}" if args.umx
                    else f"bundle {args.bundle}")

@@ -119,6 +119,10 @@ def add_engine_arguments(group, *, precision: str) -> None:
                        help="members: each spectrogram model's estimate Wiener-filtered on its own, then "
                             "blended (the original's way); joint: their blended magnitudes filtered once, "
                             "faster (default: %(default)s)")
+    group.add_argument("--blend-bins", choices=["modelled", "all"], default="modelled",
+                       help="modelled: a model's blend weight counts only on the frequencies it models, the "
+                            "others' weights standing in above them; all: on every frequency, as the "
+                            "original did (default: %(default)s)")
     group.add_argument("--batch-segments", type=batch_segments, default=0, metavar="N|auto",
                        help="segments of a track separated together, 1 to 256, or auto: as many as fit in "
                             "a GPU's memory (16 at first, halved until they fit), one on the CPU, where more "

@@ -428,6 +428,7 @@ def _separate_all(args: argparse.Namespace, files: List[_Input], report: Report,
         args.bundle, checkpoints=args.checkpoints, fast=args.fast, umx=args.umx, device=device,
         segment=args.segment, overlap=args.overlap, shifts=args.shifts, precision=args.precision,
         pipeline=args.pipeline, batch_segments=args.batch_segments, wiener_blend=args.wiener_blend,
+        blend_bins=args.blend_bins,
     )
     log.debug("bundle %s, on %s in %s, loaded in %.2f s", separator.bundle.describe(), separator.device,
               separator.options.precision, time.monotonic() - started)
