@@ -236,3 +236,40 @@ def test_interpolate_moves_weights_towards_an_anchor_bundle(runs, tmp_path, caps
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_bundle_member_is_carried_into_a_new_bundle(runs, tmp_path, capsys):
+    """One model's weights file of a bundle is an export input: the model as the bundle holds
+    it (sha256 checked) with the bundle's training record for it, so a stage that fine-tunes
+    some members keeps the others; interpolating towards that bundle leaves it as it was."""
+    exported = tmp_path / "exported"
+    assert main(["export", *(str(runs[n]) for n in DANNA), "-o", str(exported), "-q"]) == 0
+    # the bundle a later stage starts from: its X-UMX moved away from the run's weights
+    members = bundles.load_bundle(exported).members
+    generator = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for value in members[0].model.parameters():
+            value.add_(0.01 * torch.randn(value.shape, generator=generator))
+    first = tmp_path / "first"
+    bundles.save_bundle(first, members, extra={"training": json.loads((exported / "bundle.json").read_text())["training"]})
+    old = json.loads((first / "bundle.json").read_text())
+    files = [entry["weights"] for entry in old["models"]]
+    later = tmp_path / "later"
+    assert main(["export", str(runs[DANNA[0]]), str(runs[DANNA[1]]), str(first / files[2]), "-o", str(later),
+                 "--interpolate", str(first), "--alpha", "0.5", "-q"]) == 0
+    new = json.loads((later / "bundle.json").read_text())
+    assert [m["name"] for m in new["models"]] == ["xumx", "unet_attn", "demucs_split"]
+    assert new["models"][2]["sha256"] == old["models"][2]["sha256"]  # the same weights, to the bit
+    assert new["training"][2] == {**old["training"][2], "bundle": str(first / files[2])}
+    assert "interpolated" not in new["training"][2]
+    assert new["training"][0]["interpolated"] == {"anchor": str(first), "alpha": 0.5}
+    assert "interpolated" not in new["training"][1]  # the run's U-Net is the anchor's: nothing moved
+    capsys.readouterr()
+    (tmp_path / "stray.safetensors").write_bytes(b"x")
+    (first / "other.safetensors").write_bytes(b"x")
+    for path, words in [(first / "other.safetensors", "not one of the weights files"),
+                        (tmp_path / "stray.safetensors", "stray.safetensors")]:
+        assert main(["export", str(path), "-o", str(tmp_path / "bad")]) == 1, path
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
+import torch
 from torch import nn
 
 from . import models
@@ -63,10 +64,13 @@ class TrainedModel:
 
 
 def read_trained(path: str | os.PathLike) -> TrainedModel:
-    """A run folder (best checkpoint, else last) or a checkpoint file -> the model it holds."""
+    """A run folder (best checkpoint, else last), a checkpoint file, or one model's weights file
+    in a bundle folder -> the model it holds."""
     from .train.checkpoint import CheckpointFileError, load_checkpoint, pick_run_checkpoint
 
     path = Path(path)
+    if path.suffix == ".safetensors" and (path.parent / "bundle.json").is_file():
+        return _read_bundle_model(path)
     try:
         if path.is_dir():
             path, _ = pick_run_checkpoint(path)
@@ -92,6 +96,39 @@ def read_trained(path: str | os.PathLike) -> TrainedModel:
         "versions": state.get("versions", {}),
     }
     return TrainedModel(model, path, metadata)
+
+
+def _read_bundle_model(path: Path) -> TrainedModel:
+    """One model of a bundle, by its weights file (checked against the bundle's sha256), with
+    the training record the bundle's manifest keeps for it: a member carried over unchanged
+    into a new bundle (one stage fine-tunes some members and keeps the others)."""
+    from .bundle import BUNDLE_FILE, GroupEntry, load_bundle, read_manifest
+
+    try:
+        manifest = read_manifest(path.parent)
+        bundle = load_bundle(path.parent)
+    except BundleError as exc:
+        raise ExportError(str(exc)) from None
+    files = [part.weights for entry in manifest.models
+             for part in (entry.group if isinstance(entry, GroupEntry) else [entry])]
+    if path.name not in files:
+        raise ExportError(f"{path}: not one of the weights files of the bundle in {path.parent} "
+                          f"({', '.join(files)})")
+    index = files.index(path.name)
+    model = [network for member in bundle.members for network in member.networks][index]
+    records = json.loads((path.parent / BUNDLE_FILE).read_text(encoding="utf-8")).get("training") or []
+    record = dict(records[index]) if index < len(records) and isinstance(records[index], dict) else {}
+    metadata = {
+        "checkpoint": record.get("checkpoint", str(path)),
+        "progress": record.get("progress", {}),
+        "valid_sdr": record.get("valid_sdr"),
+        "config": record.get("config"),
+        "versions": record.get("versions", {}),
+        "bundle": str(path),
+    }
+    if "interpolated" in record:
+        metadata["interpolated"] = record["interpolated"]
+    return TrainedModel(model.eval(), path, metadata)
 
 
 def _parse_blend_text(text: str) -> Any:
@@ -196,6 +233,8 @@ def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: 
             raise ExportError(f"{where}: {network.name}({network.config}) cannot be interpolated with "
                               f"{t.source}'s {t.name}({t.model.config})")
         ours, theirs = t.model.state_dict(), network.state_dict()
+        if all(torch.equal(ours[key], theirs[key]) for key in ours):
+            continue  # the anchor's own model, carried over: nothing moves, its record stays
         mixed = {}
         for key, value in ours.items():
             if value.is_floating_point():
