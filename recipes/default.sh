@@ -6,11 +6,15 @@
 #      weights, one CPU thread each (validated on the corpus' test/ tracks, which they
 #      never train on), exported as WORK_DIR/stage1;
 #   3. stage 2: each member fine-tuned from its stage-1 weights with
-#      configs/default/finetune/ (lower learning rate, fewer epochs);
-#   4. export: each member's weights halfway between stage 1 and stage 2 (ALPHA, the stage-2
-#      share, default 0.5: `danna-sep export --interpolate`; ALPHA=1 keeps stage 2 alone),
-#      with blend weights fitted on the corpus' test/ tracks;
-#   5. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
+#      configs/default/finetune/ (lower learning rate, fewer epochs), exported as
+#      WORK_DIR/stage2 with each member's weights halfway between stage 1 and stage 2
+#      (ALPHA, the stage-2 share, default 0.5: `danna-sep export --interpolate`);
+#   4. stage 3: the members with a config in configs/default/closs/ fine-tuned from
+#      WORK_DIR/stage2 with Danna-Sep's combination loss (two threads each, one after the
+#      other); the others are carried over from stage 2 as they are;
+#   5. export: the stage-3 weights (ALPHA3, their share against stage 2, default 1), with
+#      blend weights fitted on the corpus' test/ tracks;
+#   6. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
 #      the real MIR-1K clips of shared/realval (if present; never trained on).
 #
 #   bash recipes/default.sh [WORK_DIR [BUNDLE_DIR]]
@@ -18,10 +22,11 @@
 # WORK_DIR defaults to work/default, BUNDLE_DIR to WORK_DIR/bundle; to replace the shipped
 # bundle, pass src/danna_sep/pretrained/default (with FORCE=1 when it exists). Every step
 # resumes: run the same command again after an interruption. STAGE1_BUNDLE=DIR skips
-# stage 1 and fine-tunes that bundle's members instead (how the shipped weights were made:
-# see README). TRACKS, SECONDS_PER_TRACK, CONFIGS, FINETUNE_CONFIGS, QUALITY_TRACKS and
-# REALVAL override the corpus size, the config folders, the quality split and the real
-# clips (the tests run the whole script small).
+# stage 1 and fine-tunes that bundle's members instead; STAGE2_BUNDLE=DIR skips stages 1
+# and 2 and starts stage 3 from that bundle (how the shipped weights were made: see
+# README). TRACKS, SECONDS_PER_TRACK, CONFIGS, FINETUNE_CONFIGS, CLOSS_CONFIGS,
+# QUALITY_TRACKS and REALVAL override the corpus size, the config folders, the quality
+# split and the real clips (the tests run the whole script small).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,10 +34,12 @@ work="${1:-work/default}"
 bundle="${2:-$work/bundle}"
 configs="${CONFIGS:-$here/configs/default}"
 finetune="${FINETUNE_CONFIGS:-$configs/finetune}"
+closs="${CLOSS_CONFIGS:-$configs/closs}"
 tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
 alpha="${ALPHA:-0.5}"
+alpha3="${ALPHA3:-1}"
 realval="${REALVAL:-$here/../shared/realval}"
 members=(x_umx unet_attn demucs_split)
 files=(00-xumx 01-unet_attn 02-demucs_split)
@@ -40,22 +47,29 @@ files=(00-xumx 01-unet_attn 02-demucs_split)
 echo "== corpus: $work/corpus" >&2
 danna-sep corpus "$work/corpus" --tracks "$tracks" --seconds "$seconds" --seed 0 --workers 2
 
-# train STAGE CONFIG_DIR [WEIGHTS_DIR]: the three members side by side, resuming when a run exists.
+# train_one STAGE CONFIG_DIR INDEX [WEIGHTS_DIR]: member INDEX in the background (its pid in
+# $! as usual), resuming when its run exists.
+train_one() {
+    local stage="$1" config_dir="$2" i="$3" weights="${4:-}"
+    local name="${members[$i]}" run="$work/$stage/${members[$i]}" args=()
+    mkdir -p "$work/$stage"
+    if [ -f "$run/checkpoints/last.pt" ]; then
+        args=(--resume)
+    else
+        args=(--force)
+        [ -z "$weights" ] || args+=(--weights "$weights/${files[$i]}.safetensors")
+    fi
+    danna-sep train "$config_dir/$name.json" --data "$work/corpus" --out "$run" "${args[@]}" \
+        > "$work/$stage/$name.log" 2>&1 &
+}
+
+# train_members STAGE CONFIG_DIR [WEIGHTS_DIR]: the three members side by side.
 train_members() {
     local stage="$1" config_dir="$2" weights="${3:-}"
     echo "== $stage: ${members[*]} in $work/$stage (logs: $work/$stage/NAME.log)" >&2
-    mkdir -p "$work/$stage"
     local pids=() i
     for i in "${!members[@]}"; do
-        local name="${members[$i]}" run="$work/$stage/${members[$i]}" args=()
-        if [ -f "$run/checkpoints/last.pt" ]; then
-            args=(--resume)
-        else
-            args=(--force)
-            [ -z "$weights" ] || args+=(--weights "$weights/${files[$i]}.safetensors")
-        fi
-        danna-sep train "$config_dir/$name.json" --data "$work/corpus" --out "$run" "${args[@]}" \
-            > "$work/$stage/$name.log" 2>&1 &
+        train_one "$stage" "$config_dir" "$i" "$weights"
         pids+=($!)
     done
     local failed=0
@@ -69,25 +83,58 @@ train_members() {
     grep -h "epoch .*validation" "$work/$stage"/*.log | tail -n 6 >&2 || true
 }
 
-if [ -n "${STAGE1_BUNDLE:-}" ]; then
-    stage1="$STAGE1_BUNDLE"
-    echo "== stage 1: taken from $stage1" >&2
-else
-    stage1="$work/stage1"
-    train_members runs "$configs"
-    if [ ! -f "$stage1/bundle.json" ]; then
-        danna-sep export "${members[@]/#/$work/runs/}" -o "$stage1" --blend equal --force -q
+# export_bundle OUT ARGS...: `danna-sep export ARGS -o OUT`, unless OUT exists (FORCE=1 replaces it).
+export_bundle() {
+    local out="$1"
+    shift
+    if [ -f "$out/bundle.json" ] && [ "${FORCE:-0}" != 1 ]; then
+        echo "$out exists: kept (FORCE=1 to export again)" >&2
+    else
+        danna-sep export "$@" -o "$out" --force
     fi
-fi
-train_members finetune "$finetune" "$stage1"
+}
 
-echo "== export: $bundle (stage 1 + $alpha x (stage 2 - stage 1), blend fitted on $work/corpus/test)" >&2
-if [ -f "$bundle/bundle.json" ] && [ "${FORCE:-0}" != 1 ]; then
-    echo "$bundle exists: kept (FORCE=1 to export again)" >&2
+if [ -n "${STAGE2_BUNDLE:-}" ]; then
+    stage2="$STAGE2_BUNDLE"
+    echo "== stages 1 and 2: taken from $stage2" >&2
 else
-    danna-sep export "${members[@]/#/$work/finetune/}" -o "$bundle" --fit "$work/corpus" --force \
+    if [ -n "${STAGE1_BUNDLE:-}" ]; then
+        stage1="$STAGE1_BUNDLE"
+        echo "== stage 1: taken from $stage1" >&2
+    else
+        stage1="$work/stage1"
+        train_members runs "$configs"
+        if [ ! -f "$stage1/bundle.json" ]; then
+            danna-sep export "${members[@]/#/$work/runs/}" -o "$stage1" --blend equal --force -q
+        fi
+    fi
+    train_members finetune "$finetune" "$stage1"
+    stage2="$work/stage2"
+    echo "== stage 2 export: $stage2 (stage 1 + $alpha x (stage 2 - stage 1))" >&2
+    export_bundle "$stage2" "${members[@]/#/$work/finetune/}" --fit "$work/corpus" -q \
         --interpolate "$stage1" --alpha "$alpha"
 fi
+
+# Stage 3 tunes the members with a config in $closs, one after the other; the others are
+# carried over from stage 2 (a bundle's weights file is an export input).
+inputs=()
+for i in "${!members[@]}"; do
+    if [ -f "$closs/${members[$i]}.json" ]; then
+        echo "== stage 3: ${members[$i]} in $work/closs (log: $work/closs/${members[$i]}.log)" >&2
+        train_one closs "$closs" "$i" "$stage2"
+        if ! wait $!; then
+            echo "training ${members[$i]} (stage 3) failed: see $work/closs/${members[$i]}.log" >&2
+            exit 1
+        fi
+        grep -h "epoch .*validation" "$work/closs/${members[$i]}.log" | tail -n 2 >&2 || true
+        inputs+=("$work/closs/${members[$i]}")
+    else
+        inputs+=("$stage2/${files[$i]}.safetensors")
+    fi
+done
+
+echo "== export: $bundle (stage 2 + $alpha3 x (stage 3 - stage 2), blend fitted on $work/corpus/test)" >&2
+export_bundle "$bundle" "${inputs[@]}" --fit "$work/corpus" --interpolate "$stage2" --alpha "$alpha3"
 
 echo "== quality on a fresh test split (seed 1) and on real clips ($realval)" >&2
 if [ -d "$realval" ]; then real=("--realval" "$realval"); else real=("--realval" "none"); fi

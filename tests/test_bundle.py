@@ -221,22 +221,29 @@ def test_the_default_bundle_ships_and_loads():
 
 def test_the_default_bundle_was_trained_with_the_shipped_configs():
     """`recipes/default.sh` must rebuild what ships: each member's training record (the
-    resolved config its stage-2 checkpoint carried) equals configs/default/finetune/ in
-    everything but its wording and the corpus path, and its weights were interpolated
-    halfway towards stage 1, as the recipe's default ALPHA does."""
+    resolved config its last checkpoint carried) equals its last stage's config in
+    everything but its wording and the corpus path: configs/default/closs/ for the members
+    stage 3 tunes (their weights at the recipe's default ALPHA3 towards stage 2), else
+    configs/default/finetune/ (halfway towards stage 1, the recipe's default ALPHA)."""
     from danna_sep.separator import PRETRAINED
     from danna_sep.train.config import config_from_dict, differences, load_config
 
     manifest = json.loads((PRETRAINED / "default" / "bundle.json").read_text())
-    configs = Path(__file__).resolve().parents[1] / "configs" / "default" / "finetune"
+    configs = Path(__file__).resolve().parents[1] / "configs" / "default"
     recipe = (Path(__file__).resolve().parents[1] / "recipes" / "default.sh").read_text()
     assert len(manifest["training"]) == 3
+    stages = set()
     for record, name in zip(manifest["training"], ["x_umx", "unet_attn", "demucs_split"]):
-        shipped = load_config(configs / f"{name}.json")
+        third = (configs / "closs" / f"{name}.json").is_file()
+        stages.add(third)
+        shipped = load_config(configs / ("closs" if third else "finetune") / f"{name}.json")
         trained = config_from_dict(record["config"])
         assert set(differences(shipped, trained)) <= {"description", "data.root"}, name
         assert 1 <= record["progress"]["epoch"] <= shipped.train.epochs  # the best epoch by validation
-        assert f'alpha="${{ALPHA:-{record["interpolated"]["alpha"]}}}"' in recipe, name
+        variable = "ALPHA3" if third else "ALPHA"
+        alpha = record["interpolated"]["alpha"] if "interpolated" in record else 1
+        assert f'{variable.lower()}="${{{variable}:-{alpha:g}}}"' in recipe, name
+    assert stages == {True, False}  # stage 3 tuned some members and carried the others
 
 
 def test_default_bundle_missing_is_one_clear_error(tmp_path, monkeypatch):

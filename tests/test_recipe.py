@@ -27,6 +27,8 @@ SMALL = {
 def _small_configs(folder: Path, source: Path = ROOT / "configs" / "default") -> Path:
     folder.mkdir()
     for name, kwargs in SMALL.items():
+        if not (source / f"{name}.json").is_file():  # stage 3 tunes X-UMX and the U-Net alone
+            continue
         config = json.loads((source / f"{name}.json").read_text())
         config["model"]["kwargs"].update(kwargs)
         config["data"].update(segment_seconds=1.0, samples_per_track=4, valid_engine_segment=2.0)
@@ -40,6 +42,7 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     pytest.importorskip("fluidsynth")
     configs = _small_configs(tmp_path / "configs")
     _small_configs(configs / "finetune", ROOT / "configs" / "default" / "finetune")
+    _small_configs(configs / "closs", ROOT / "configs" / "default" / "closs")
     realval = tmp_path / "realval" / "clip"  # one real-clip folder in the layout of shared/realval
     realval.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -63,23 +66,39 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     assert list(quality["real"]["sdr"])[3:] == ["blend", "oracle IRM2 (ceiling)", "mixture (floor)"]
     steps = {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
     assert steps == {name: 3 for name in SMALL}
-    # Stage 2 starts from the stage-1 export; the bundle holds the weights halfway between the two.
+    # Stage 2 starts from the stage-1 export; its bundle holds the weights halfway between the two.
     stage1 = json.loads((work / "stage1" / "bundle.json").read_text())
+    stage2 = json.loads((work / "stage2" / "bundle.json").read_text())
     assert [m["name"] for m in stage1["models"]] == ["xumx", "unet_attn", "demucs_split"]
     tuned = {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL}
     assert tuned == {name: 3 for name in SMALL}
     for index, name in enumerate(SMALL):
-        member = manifest["models"][index]
         start = load_file(str(work / "stage1" / stage1["models"][index]["weights"]))
-        final = load_file(str(bundle / member["weights"]))
-        assert set(start) == set(final)
-        assert any(not torch.equal(start[k], final[k]) for k in start), f"{name}: stage 2 changed nothing"
-        tuned_state = load_checkpoint(manifest["training"][index]["checkpoint"])["state_dict"]
-        assert manifest["training"][index]["interpolated"]["alpha"] == 0.5
+        middle = load_file(str(work / "stage2" / stage2["models"][index]["weights"]))
+        assert set(start) == set(middle)
+        assert any(not torch.equal(start[k], middle[k]) for k in start), f"{name}: stage 2 changed nothing"
+        tuned_state = load_checkpoint(stage2["training"][index]["checkpoint"])["state_dict"]
+        assert stage2["training"][index]["interpolated"]["alpha"] == 0.5
         for key in start:
             if start[key].is_floating_point():
                 halfway = (start[key].double() + tuned_state[key].double()) / 2
-                torch.testing.assert_close(final[key].double(), halfway, rtol=1e-6, atol=1e-7)
+                torch.testing.assert_close(middle[key].double(), halfway, rtol=1e-6, atol=1e-7)
+    # Stage 3 tunes the members with a closs config from the stage-2 bundle with the combination
+    # loss (ALPHA3 1: their weights as trained); the others are carried over to the bit.
+    third = [name for name in SMALL if (ROOT / "configs" / "default" / "closs" / f"{name}.json").is_file()]
+    assert "x_umx" in third and "demucs_split" not in third
+    closs = {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in third}
+    assert closs == {name: 3 for name in third}
+    for index, name in enumerate(SMALL):
+        record = manifest["training"][index]
+        if name in third:
+            assert record["config"]["loss"]["kind"] == "closs" and "/closs/" in record["checkpoint"]
+            final = load_file(str(bundle / manifest["models"][index]["weights"]))
+            trained = load_checkpoint(record["checkpoint"])["state_dict"]
+            assert all(torch.equal(final[key], trained[key]) for key in final)
+        else:
+            assert manifest["models"][index]["sha256"] == stage2["models"][index]["sha256"]
+            assert record["checkpoint"] == stage2["training"][index]["checkpoint"]
 
     # Run again: the corpus is complete, the runs are finished, the bundle is kept.
     stamp = (bundle / "bundle.json").stat().st_mtime_ns
@@ -89,3 +108,4 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     assert (bundle / "bundle.json").stat().st_mtime_ns == stamp
     assert {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == steps
     assert {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == tuned
+    assert {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in closs} == closs
