@@ -71,7 +71,7 @@ class EngineOptions:
     member's estimate on its own and blends the results (the original's way); "joint" blends
     their magnitude estimates (each source's weights normalised over them) and filters once,
     scaled back by those weights. Joint is faster (one filter instead of one per member) and
-    measured +0.09 dB on produced songs but -0.02 dB on MIR-1K (README, The default model)."""
+    measured +0.10 dB on produced songs but -0.05 dB on MIR-1K (README, The default model)."""
     batch_segments: int = 1
     """Segments of a track separated in one pass of the networks (without shifts): more
     work per kernel launch on a GPU; 0 picks it (on a GPU 16 at first, halved while they do
