@@ -12,7 +12,9 @@ Pipelines compared (issue 17):
 - original: the original Danna-Sep tool's whole-track separation (`--pipeline original`).
 
 The test split and the score are those of benchmarks/quality.py (MDX SDR of each whole
-track, averaged over tracks; "mean" averages the four sources).
+track, averaged over tracks; "mean" averages the four sources). The blend rows are the
+weighted sums of the members' rows: every weight on every bin (`--blend-bins all`, the
+original's blend), so that the three pipelines are compared alike.
 """
 
 from __future__ import annotations
