@@ -288,16 +288,20 @@ def test_modelled_bin_weights_known_answer():
         torch.testing.assert_close(got[runners[m]], torch.tensor([drums[m], bass[m]]))
 
 
+@pytest.mark.parametrize("covered", [False, True])
 @pytest.mark.parametrize("wiener_blend", ["members", "joint"])
-def test_blend_weighs_a_member_only_on_the_bins_it_models(wiener_blend):
+def test_blend_weighs_a_member_only_on_the_bins_it_models(wiener_blend, covered):
     """blend_bins="modelled" (the default): the U-Net of 128 bins outputs a constant mask above
     them, so there the X-UMX (all bins) takes both weights; where the X-UMX has no weight
-    ("other"), the U-Net keeps its own."""
+    ("other", unless `covered`), the U-Net keeps its own. When `covered`, the U-Net weighs
+    nothing above its bins, which the blend then leaves unfiltered: the result is the same."""
     from danna_sep import spectral
     from danna_sep.runner import mixture_stft
     from danna_sep.wiener import apply_wiener
 
     members, weights = _blend_of_three()
+    if covered:
+        weights[0]["other"] = 0.4
     assert members[1].output_bins == 128 and members[0].output_bins == 2049
     sources = ["drums", "bass", "other", "vocals"]
     options = EngineOptions(wiener_blend=wiener_blend)

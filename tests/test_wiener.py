@@ -141,6 +141,33 @@ def test_apply_wiener_model_layout():
     assert torch.allclose(out[1], ref.permute(3, 2, 1, 0))
 
 
+@pytest.mark.parametrize("shape,max_bin", [((7, 300, 2, 4), 150), ((9, 6, 1, 3), 2), ((5, 130, 2, 2), 129)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_max_bin_gives_the_first_bins_of_the_whole_filter(shape, max_bin, residual):
+    v, x = random_problem(shape, seed=sum(shape) + max_bin)
+    x[:, -1] *= 40  # the loudest bins are cut off: the scaling must still see them
+    ref = norbert_reference(v, x, 2, False, residual)[:, :max_bin]
+    v, x = torch.from_numpy(v), torch.from_numpy(x)
+    ours = mwf.wiener(v, x, iterations=2, residual=residual, max_bin=max_bin)
+    assert ours.shape == ref.shape
+    assert rel_error(ours, ref) < 1e-6
+    whole = mwf.wiener(v, x, iterations=2, residual=residual)
+    assert torch.allclose(ours, whole[:, :max_bin], rtol=1e-12, atol=0)
+    windowed = mwf.wiener_windowed(v, x, iterations=2, residual=residual, window=4, max_bin=max_bin)
+    assert torch.allclose(windowed, mwf.wiener_windowed(v, x, iterations=2, residual=residual, window=4)[:, :max_bin],
+                          rtol=1e-12, atol=0)
+    layout = mwf.apply_wiener(v.permute(3, 2, 1, 0)[None], x.permute(2, 1, 0)[None], iterations=2,
+                              residual=residual, window=None, max_bin=max_bin)
+    assert torch.allclose(layout[0].permute(3, 2, 1, 0), ours, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("max_bin", [0, -1, 8])
+def test_max_bin_outside_the_spectrum_is_rejected(max_bin):
+    v, x = random_problem((4, 7, 2, 3), seed=2)
+    with pytest.raises(ValueError, match="max_bin"):
+        mwf.wiener(torch.from_numpy(v), torch.from_numpy(x), max_bin=max_bin)
+
+
 def test_mismatched_shapes_are_rejected():
     with pytest.raises(ValueError, match="do not match"):
         mwf.wiener(torch.rand(4, 3, 2, 4), torch.zeros(4, 3, 1, dtype=torch.complex64))

@@ -304,6 +304,16 @@ def modelled_bin_weights(runners: Sequence[ModelRunner], weights: Sequence[dict]
     return {runner: scaled[m] for m, runner in enumerate(runners)}
 
 
+def _weighted_bins(weights: Optional[torch.Tensor]) -> Optional[int]:
+    """One past the highest bin with a weight in `weights` `(sources, bins)` (None: all bins)."""
+    if weights is None:
+        return None
+    weighted = torch.nonzero(weights.abs().amax(dim=0) > 0)
+    if len(weighted) == 0 or int(weighted[-1]) + 1 == weights.shape[-1]:
+        return None
+    return int(weighted[-1]) + 1
+
+
 class Blend:
     """Weighted per-source sum of several runners on the same chunk.
 
@@ -363,7 +373,10 @@ class Blend:
                         if name in self.sources:
                             share[self.sources.index(name)] += weights.get(name, 0.0)
                 else:
-                    out, target = runner.filtered(mix_stft), spectrum
+                    # Bins this runner weighs nothing on are not filtered (each bin is
+                    # filtered on its own, so the others come out the same).
+                    out = runner.filtered(mix_stft, max_bin=_weighted_bins(per_bin.get(runner)))
+                    target = spectrum[..., :out.shape[-2], :]
             else:
                 out = runner(chunks)
                 target = total
@@ -371,7 +384,8 @@ class Blend:
                 if name in self.sources and weights.get(name, 0.0):
                     index = self.sources.index(name)
                     if runner in per_bin:
-                        target[:, index] += per_bin[runner][index].to(out.device)[:, None] * out[:, j]
+                        weight = per_bin[runner][index, :out.shape[-2]]
+                        target[:, index] += weight.to(out.device)[:, None] * out[:, j]
                     else:
                         target[:, index] += weights[name] * out[:, j]
             if step is not None and done < len(active):

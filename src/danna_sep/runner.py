@@ -251,10 +251,11 @@ class ModelRunner:
         return self.input_domain != "waveform" and self.options.pipeline == "streamed"
 
     @torch.no_grad()
-    def filtered(self, mix_stft: torch.Tensor) -> torch.Tensor:
+    def filtered(self, mix_stft: torch.Tensor, max_bin: Optional[int] = None) -> torch.Tensor:
         """Wiener-filtered source STFTs `(batch, sources, channels, bins, frames)` of chunks, given
-        their mixture STFTs `(batch, channels, bins, frames)` (`mixture_stft`, on this runner's device)."""
-        return self._filter(self._estimates(mix_stft), mix_stft)
+        their mixture STFTs `(batch, channels, bins, frames)` (`mixture_stft`, on this runner's device).
+        With `max_bin`, only the bins below it (a blend that weighs nothing above them)."""
+        return self._filter(self._estimates(mix_stft), mix_stft, max_bin=max_bin)
 
     @torch.no_grad()
     def estimates(self, mix_stft: torch.Tensor) -> torch.Tensor:
@@ -325,10 +326,11 @@ class ModelRunner:
         filtered = self._filter(estimates, mix_stft, whole_track=True)
         return spectral.istft(filtered, padded_length(x.shape[-1]))[..., :length]  # (1, sources, channels, length)
 
-    def _filter(self, estimates: torch.Tensor, mix_stft: torch.Tensor, whole_track: bool = False) -> torch.Tensor:
+    def _filter(self, estimates: torch.Tensor, mix_stft: torch.Tensor, whole_track: bool = False,
+                max_bin: Optional[int] = None) -> torch.Tensor:
         """Complex source STFTs `(batch, sources, channels, bins, frames)` from magnitude estimates
         `(batch, sources, channels, bins, frames)` and the mixture STFTs `(batch, channels, bins,
-        frames)`; each item filtered on its own."""
+        frames)`; each item filtered on its own (the bins below `max_bin` only, when given)."""
         if (not whole_track and self.statistics_ready and self.statistics is not None
                 and self.options.wiener_iterations == 1):
             if estimates.shape[0] != 1:
@@ -336,7 +338,7 @@ class ModelRunner:
             products, power, peak = self.statistics
             filtered = wiener_from_statistics(estimates[0].permute(3, 2, 1, 0), mix_stft[0].permute(2, 1, 0),
                                               products, power, peak)
-            return filtered.permute(3, 2, 1, 0).unsqueeze(0)
+            return filtered.permute(3, 2, 1, 0).unsqueeze(0)[..., :max_bin, :]
         # A source estimated alone would get a Wiener mask of 1, the whole mixture, whatever
         # the model said: filter it against the residual (the mixture minus the estimate),
         # as the single-target networks' own separators do, and keep the target.
@@ -349,6 +351,7 @@ class ModelRunner:
             residual=single,
             eps=NORBERT_EPS if whole_track else DEFAULT_EPS,
             window=None if whole_track else self.options.wiener_window,
+            max_bin=max_bin,
         )
         return filtered[:, :1] if single else filtered
 

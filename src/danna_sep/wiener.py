@@ -133,6 +133,7 @@ def wiener(
     residual: bool = False,
     eps: float = DEFAULT_EPS,
     out: torch.Tensor | None = None,
+    max_bin: int | None = None,
 ) -> torch.Tensor:
     """Separate `mix` given source magnitude estimates (norbert.wiener, plus `residual`).
 
@@ -146,6 +147,10 @@ def wiener(
     Leading dimensions are a batch: each item is filtered on its own. With `out` (a complex
     tensor of the result's shape, any strides: a view of the caller's layout) the result is
     written there and returned, with no copy of it made here.
+
+    `max_bin` filters only the bins below it (the others are independent of them) and
+    returns those: `(..., frames, max_bin, channels, sources)`, equal to the first bins
+    of the whole result, since the scaling still comes from the whole mixture.
     """
     if not mix.is_complex():
         raise TypeError("mix must be a complex STFT")
@@ -158,16 +163,27 @@ def wiener(
     scale = torch.clamp(peak / 10.0, min=1.0)[..., None, None, None]
     # Bins are independent of each other: filtering blocks of them keeps the temporaries
     # in the CPU's cache, which makes this memory-bound work about twice as fast.
-    bins = mix.shape[-2]
+    bins = _bins_below(mix.shape[-2], max_bin)
     sources = targets.shape[-1] + (1 if residual else 0)
+    shape = mix.shape[:-2] + (bins, mix.shape[-1], sources)
     if out is None:
-        out = torch.empty(mix.shape + (sources,), dtype=mix.dtype, device=mix.device)
-    elif out.shape != mix.shape + (sources,) or not out.is_complex():
-        raise ValueError(f"out {tuple(out.shape)} {out.dtype} cannot hold the result {tuple(mix.shape) + (sources,)}")
+        out = torch.empty(shape, dtype=mix.dtype, device=mix.device)
+    elif out.shape != shape or not out.is_complex():
+        raise ValueError(f"out {tuple(out.shape)} {out.dtype} cannot hold the result {tuple(shape)}")
     for start in range(0, bins, BIN_BLOCK):
-        _wiener_bins(targets[..., start:start + BIN_BLOCK, :, :], mix[..., start:start + BIN_BLOCK, :],
-                     scale, iterations, softmask, residual, eps, out[..., start:start + BIN_BLOCK, :, :])
+        stop = min(start + BIN_BLOCK, bins)
+        _wiener_bins(targets[..., start:stop, :, :], mix[..., start:stop, :],
+                     scale, iterations, softmask, residual, eps, out[..., start:stop, :, :])
     return out
+
+
+def _bins_below(bins: int, max_bin: int | None) -> int:
+    """How many of `bins` a filter with `max_bin` computes."""
+    if max_bin is None:
+        return bins
+    if not 0 < max_bin <= bins:
+        raise ValueError(f"max_bin must be in 1..{bins}, got {max_bin}")
+    return max_bin
 
 
 def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, iterations: int,
@@ -199,22 +215,25 @@ def wiener_windowed(
     eps: float = DEFAULT_EPS,
     window: int = 300,
     out: torch.Tensor | None = None,
+    max_bin: int | None = None,
 ) -> torch.Tensor:
     """`wiener` over consecutive windows of `window` frames, each filtered on its own.
 
-    Memory is bounded by the window, not by the track. Same shapes (and `out`) as `wiener`;
-    the frame axis is the fourth from the end of `targets`.
+    Memory is bounded by the window, not by the track. Same shapes (and `out`, `max_bin`)
+    as `wiener`; the frame axis is the fourth from the end of `targets`.
     """
     if window <= 0:
         raise ValueError("window must be a positive number of frames")
     frames = mix.shape[-3]
     sources = targets.shape[-1] + (1 if residual else 0)
     if out is None:
-        out = torch.empty(mix.shape + (sources,), dtype=mix.dtype, device=mix.device)
+        bins = _bins_below(mix.shape[-2], max_bin)
+        out = torch.empty(mix.shape[:-2] + (bins, mix.shape[-1], sources), dtype=mix.dtype, device=mix.device)
     for start in range(0, frames, window):
         stop = min(start + window, frames)
         wiener(targets[..., start:stop, :, :, :], mix[..., start:stop, :, :], iterations=iterations,
-               softmask=softmask, residual=residual, eps=eps, out=out[..., start:stop, :, :, :])
+               softmask=softmask, residual=residual, eps=eps, out=out[..., start:stop, :, :, :],
+               max_bin=max_bin)
     return out
 
 
@@ -226,23 +245,26 @@ def apply_wiener(
     residual: bool = False,
     eps: float = DEFAULT_EPS,
     window: int | None = 300,
+    max_bin: int | None = None,
 ) -> torch.Tensor:
     """The Wiener filter in the models' layout.
 
     estimates: magnitudes `(batch, sources, channels, bins, frames)`;
     mix_stft: complex `(batch, channels, bins, frames)`.
-    Returns complex `(batch, sources, channels, bins, frames)`, contiguous in that layout.
+    Returns complex `(batch, sources, channels, bins, frames)`, contiguous in that layout
+    (with `max_bin`, only the bins below it: see `wiener`).
     """
     targets = estimates.permute(0, 4, 3, 2, 1)
     mix = mix_stft.permute(0, 3, 2, 1)
     sources = estimates.shape[1] + (1 if residual else 0)
-    result = torch.empty((estimates.shape[0], sources) + tuple(mix_stft.shape[1:]), dtype=mix_stft.dtype,
-                         device=mix_stft.device)
+    channels, bins, frames = mix_stft.shape[1:]
+    result = torch.empty((estimates.shape[0], sources, channels, _bins_below(bins, max_bin), frames),
+                         dtype=mix_stft.dtype, device=mix_stft.device)
     out = result.permute(0, 4, 3, 2, 1)  # the filter's layout, written in place
     if window is None:
-        wiener(targets, mix, iterations, softmask, residual, eps, out=out)
+        wiener(targets, mix, iterations, softmask, residual, eps, out=out, max_bin=max_bin)
     else:
-        wiener_windowed(targets, mix, iterations, softmask, residual, eps, window, out=out)
+        wiener_windowed(targets, mix, iterations, softmask, residual, eps, window, out=out, max_bin=max_bin)
     return result
 
 
