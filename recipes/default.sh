@@ -12,8 +12,9 @@
 #   4. stage 3: the members with a config in configs/default/closs/ fine-tuned from
 #      WORK_DIR/stage2 with Danna-Sep's combination loss (two threads each, one after the
 #      other); the others are carried over from stage 2 as they are;
-#   5. export: the stage-3 weights (ALPHA3, their share against stage 2, default 1), with
-#      blend weights fitted on the corpus' test/ tracks;
+#   5. export: the stage-3 weights at their share against stage 2 (ALPHA3_X_UMX, default 1;
+#      ALPHA3_UNET_ATTN, default 0.5; ALPHA3 sets both), with blend weights fitted on the
+#      corpus' test/ tracks;
 #   6. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
 #      the real MIR-1K clips of shared/realval (if present; never trained on).
 #
@@ -39,7 +40,8 @@ tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
 alpha="${ALPHA:-0.5}"
-alpha3="${ALPHA3:-1}"
+alpha3_x_umx="${ALPHA3_X_UMX:-${ALPHA3:-1}}"
+alpha3_unet_attn="${ALPHA3_UNET_ATTN:-${ALPHA3:-0.5}}"
 realval="${REALVAL:-$here/../shared/realval}"
 members=(x_umx unet_attn demucs_split)
 files=(00-xumx 01-unet_attn 02-demucs_split)
@@ -118,7 +120,10 @@ fi
 # Stage 3 tunes the members with a config in $closs, one after the other; the others are
 # carried over from stage 2 (a bundle's weights file is an export input).
 inputs=()
+alphas3=()  # each input's share against stage 2 (a carried member is stage 2's own: any share keeps it)
 for i in "${!members[@]}"; do
+    share="alpha3_${members[$i]}"
+    alphas3+=("${!share:-1}")
     if [ -f "$closs/${members[$i]}.json" ]; then
         echo "== stage 3: ${members[$i]} in $work/closs (log: $work/closs/${members[$i]}.log)" >&2
         train_one closs "$closs" "$i" "$stage2"
@@ -133,8 +138,9 @@ for i in "${!members[@]}"; do
     fi
 done
 
-echo "== export: $bundle (stage 2 + $alpha3 x (stage 3 - stage 2), blend fitted on $work/corpus/test)" >&2
-export_bundle "$bundle" "${inputs[@]}" --fit "$work/corpus" --interpolate "$stage2" --alpha "$alpha3"
+shares="$(IFS=,; echo "${alphas3[*]}")"
+echo "== export: $bundle (stage 2 + ($shares) x (stage 3 - stage 2), blend fitted on $work/corpus/test)" >&2
+export_bundle "$bundle" "${inputs[@]}" --fit "$work/corpus" --interpolate "$stage2" --alpha "$shares"
 
 echo "== quality on a fresh test split (seed 1) and on real clips ($realval)" >&2
 if [ -d "$realval" ]; then real=("--realval" "$realval"); else real=("--realval" "none"); fi

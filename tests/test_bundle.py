@@ -223,7 +223,7 @@ def test_the_default_bundle_was_trained_with_the_shipped_configs():
     """`recipes/default.sh` must rebuild what ships: each member's training record (the
     resolved config its last checkpoint carried) equals its last stage's config in
     everything but its wording and the corpus path: configs/default/closs/ for the members
-    stage 3 tunes (their weights at the recipe's default ALPHA3 towards stage 2), else
+    stage 3 tunes (their weights at the recipe's default ALPHA3_NAME towards stage 2), else
     configs/default/finetune/ (halfway towards stage 1, the recipe's default ALPHA)."""
     from danna_sep.separator import PRETRAINED
     from danna_sep.train.config import config_from_dict, differences, load_config
@@ -240,9 +240,12 @@ def test_the_default_bundle_was_trained_with_the_shipped_configs():
         trained = config_from_dict(record["config"])
         assert set(differences(shipped, trained)) <= {"description", "data.root"}, name
         assert 1 <= record["progress"]["epoch"] <= shipped.train.epochs  # the best epoch by validation
-        variable = "ALPHA3" if third else "ALPHA"
         alpha = record["interpolated"]["alpha"] if "interpolated" in record else 1
-        assert f'{variable.lower()}="${{{variable}:-{alpha:g}}}"' in recipe, name
+        if third:  # each stage-3 member has its share, which ALPHA3 overrides
+            variable = f"ALPHA3_{name.upper()}"
+            assert f'{variable.lower()}="${{{variable}:-${{ALPHA3:-{alpha:g}}}}}"' in recipe, name
+        else:
+            assert f'alpha="${{ALPHA:-{alpha:g}}}"' in recipe, name
     assert stages == {True, False}  # stage 3 tuned some members and carried the others
 
 

@@ -227,6 +227,8 @@ def test_interpolate_moves_weights_towards_an_anchor_bundle(runs, tmp_path, caps
     bad = [
         ([run, "--alpha", "0.5"], 2, "--alpha"),
         ([run, "--interpolate", str(anchor), "--alpha", "1.5"], 2, "--alpha"),
+        ([run, "--interpolate", str(anchor), "--alpha", "0.5,0.2"], 2, "2 shares for 1 models"),
+        ([run, "--interpolate", str(anchor), "--alpha", "0.5,"], 2, "--alpha"),
         ([run, "--interpolate", str(two)], 1, "2 models, but 1"),
         ([str(runs["demucs_split"]), "--interpolate", str(anchor)], 1, "cannot be interpolated"),
         ([run, "--interpolate", str(anchor), "--torchscript"], 2, "--torchscript"),
@@ -273,3 +275,33 @@ def test_a_bundle_member_is_carried_into_a_new_bundle(runs, tmp_path, capsys):
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_interpolate_takes_one_share_per_model(runs, tmp_path, capsys):
+    """--alpha A,B: the first model moves to (1 - A) * anchor + A * trained, the second with B."""
+    inputs = [str(runs["unet_attn"]), str(runs["demucs_split"])]
+    plain = tmp_path / "plain"
+    assert main(["export", *inputs, "-o", str(plain), "-q"]) == 0
+    trained = bundles.load_bundle(plain).members
+    generator = torch.Generator().manual_seed(6)
+    anchors = []
+    for member in trained:
+        model = type(member.model)(**member.model.config)
+        model.load_state_dict({key: (torch.randn(value.shape, generator=generator).to(value.dtype)
+                                     if value.is_floating_point() else value)
+                               for key, value in member.model.state_dict().items()})
+        anchors.append(bundles.Member(model, member.blend))
+    anchor = tmp_path / "anchor"
+    bundles.save_bundle(anchor, anchors)
+    out = tmp_path / "mixed"
+    assert main(["export", *inputs, "-o", str(out), "--interpolate", str(anchor), "--alpha", "0.25,1", "-q"]) == 0
+    mixed = bundles.load_bundle(out).members
+    for index, alpha in enumerate((0.25, 1.0)):
+        ours, start, end = (m.state_dict() for m in (mixed[index].model, anchors[index].model, trained[index].model))
+        for key, value in ours.items():
+            if value.is_floating_point():
+                expected = (1 - alpha) * start[key].double() + alpha * end[key].double()
+                torch.testing.assert_close(value.double(), expected, rtol=1e-6, atol=1e-7)
+    training = json.loads((out / "bundle.json").read_text())["training"]
+    assert [record["interpolated"]["alpha"] for record in training] == [0.25, 1.0]
+    capsys.readouterr()

@@ -84,3 +84,24 @@ def test_a_training_model_is_left_as_it_is():
     model = models.build("demucs_split", channels=4, depth=4).train()
     runner = ModelRunner(model, CPU, EngineOptions(precision="float32"))
     assert runner.model is model and _converted(model) == 0
+
+
+def test_a_bfloat16_convolution_that_disagrees_with_float32_computes_in_float32(monkeypatch):
+    """oneDNN's wrong strided bfloat16 kernels (some CPUs) are simulated by a sign flip in
+    bfloat16 only: the first call's probe catches it, and the result is float32's."""
+    torch.manual_seed(3)
+    conv = nn.Conv1d(16, 32, 8, stride=4)
+    x = torch.randn(1, 16, 400).to(torch.bfloat16)
+    with torch.no_grad():
+        expected = nn.functional.conv1d(x.float(), conv.weight.to(torch.bfloat16).float(),
+                                        conv.bias.to(torch.bfloat16).float(), stride=4)
+        sound = ChannelsLastConv1d(conv).to(torch.bfloat16)
+        torch.testing.assert_close(sound(x).float(), expected, rtol=0, atol=3e-2 * expected.abs().max().item())
+        broken = ChannelsLastConv1d(conv).to(torch.bfloat16)
+        convolve = broken._convolve
+        monkeypatch.setattr(broken, "_convolve",
+                            lambda planes, *rest: convolve(planes, *rest) * (-1 if planes.dtype == torch.bfloat16 else 1))
+        got = broken(x)
+    assert sound.agrees is not None and broken.agrees is False  # sound: whatever this CPU does, right
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=1e-2 * expected.abs().max().item())

@@ -84,18 +84,27 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
                 halfway = (start[key].double() + tuned_state[key].double()) / 2
                 torch.testing.assert_close(middle[key].double(), halfway, rtol=1e-6, atol=1e-7)
     # Stage 3 tunes the members with a closs config from the stage-2 bundle with the combination
-    # loss (ALPHA3 1: their weights as trained); the others are carried over to the bit.
+    # loss, each exported at its share against stage 2 (X-UMX 1: as trained; U-Net 0.5: halfway);
+    # the others are carried over to the bit.
     third = [name for name in SMALL if (ROOT / "configs" / "default" / "closs" / f"{name}.json").is_file()]
-    assert "x_umx" in third and "demucs_split" not in third
+    assert "x_umx" in third and "unet_attn" in third and "demucs_split" not in third
     closs = {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in third}
     assert closs == {name: 3 for name in third}
+    shares = {"x_umx": 1.0, "unet_attn": 0.5}
     for index, name in enumerate(SMALL):
         record = manifest["training"][index]
         if name in third:
             assert record["config"]["loss"]["kind"] == "closs" and "/closs/" in record["checkpoint"]
+            assert record["interpolated"]["alpha"] == shares[name]
             final = load_file(str(bundle / manifest["models"][index]["weights"]))
+            start = load_file(str(work / "stage2" / stage2["models"][index]["weights"]))
             trained = load_checkpoint(record["checkpoint"])["state_dict"]
-            assert all(torch.equal(final[key], trained[key]) for key in final)
+            if shares[name] == 1.0:
+                assert all(torch.equal(final[key], trained[key]) for key in final)
+            for key in final:
+                if final[key].is_floating_point():
+                    share = (1 - shares[name]) * start[key].double() + shares[name] * trained[key].double()
+                    torch.testing.assert_close(final[key].double(), share, rtol=1e-6, atol=1e-7)
         else:
             assert manifest["models"][index]["sha256"] == stage2["models"][index]["sha256"]
             assert record["checkpoint"] == stage2["training"][index]["checkpoint"]

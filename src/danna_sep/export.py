@@ -213,8 +213,9 @@ def blend_tables(members: Sequence[nn.Module], blend: BlendSpec = None) -> List[
     raise _blend_error("--blend: expected paper, equal, a JSON object or a list")
 
 
-def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: float) -> None:
-    """Move each trained model's weights to `(1 - alpha) * anchor + alpha * trained`, in place.
+def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: float | Sequence[float]) -> None:
+    """Move each trained model's weights to `(1 - alpha) * anchor + alpha * trained`, in place
+    (`alpha` one share for all, or one per trained model).
 
     Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): a model fine-tuned from the
     anchor stays in its basin, so the points between them are good models too; here they
@@ -222,13 +223,17 @@ def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: 
     quality on real recordings (README, "The default model"). `anchor` holds the same
     architectures, in the same order, with the same constructor arguments.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise _blend_error(f"--alpha {alpha}: must be between 0 and 1")
+    alphas = [float(alpha)] * len(trained) if isinstance(alpha, (int, float)) else [float(a) for a in alpha]
+    if len(alphas) != len(trained):
+        raise _blend_error(f"--alpha: {len(alphas)} shares for {len(trained)} models")
+    for share in alphas:
+        if not 0.0 <= share <= 1.0:
+            raise _blend_error(f"--alpha {share}: must be between 0 and 1")
     where = anchor.origin or "the anchor bundle"
     networks = [network for member in anchor.members for network in member.networks]  # a group's in order
     if len(networks) != len(trained):
         raise ExportError(f"{where}: {len(networks)} models, but {len(trained)} were given to export")
-    for t, network in zip(trained, networks):
+    for t, network, alpha in zip(trained, networks, alphas):
         if (network.name, network.config) != (t.name, t.model.config):
             raise ExportError(f"{where}: {network.name}({network.config}) cannot be interpolated with "
                               f"{t.source}'s {t.name}({t.model.config})")
@@ -250,7 +255,7 @@ def interpolate_weights(trained: Sequence[TrainedModel], anchor: Bundle, alpha: 
 def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpec = None,
                              fit_tracks: Optional[Sequence[Any]] = None,
                              progress: Optional[TaskProgressFn] = None,
-                             interpolate: Optional[Tuple[Bundle, float]] = None,
+                             interpolate: Optional[Tuple[Bundle, Union[float, Sequence[float]]]] = None,
                              ) -> Tuple[List[Member], List[Dict[str, Any]], Optional[Dict[str, Any]]]:
     """Bundle members, their training metadata and the blend fit (None unless `fit_tracks`)
     for run folders / checkpoint files; `interpolate=(anchor, alpha)` first moves their
@@ -287,7 +292,7 @@ def members_from_checkpoints(paths: Sequence[str | os.PathLike], blend: BlendSpe
 def export_bundle(paths: Sequence[str | os.PathLike], out: str | os.PathLike, blend: BlendSpec = None,
                   force: bool = False, fit_tracks: Optional[Sequence[Any]] = None,
                   progress: Optional[TaskProgressFn] = None,
-                  interpolate: Optional[Tuple[Bundle, float]] = None) -> Path:
+                  interpolate: Optional[Tuple[Bundle, Union[float, Sequence[float]]]] = None) -> Path:
     """Write our bundle format to `out` (refuses to replace it unless `force`).
 
     With `fit_tracks` (`danna_sep.data.Track`s the models never trained on) the blend

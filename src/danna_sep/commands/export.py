@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import List
 
 from ..errors import UsageError
 from .bars import TaskBars
@@ -37,11 +38,18 @@ def register(subparsers) -> None:
     p.add_argument("--interpolate", default=None, metavar="BUNDLE",
                    help="move each model's weights towards the same model in BUNDLE (a folder or a bundle "
                         "name), e.g. the bundle it was fine-tuned from: (1 - alpha) * BUNDLE + alpha * trained")
-    p.add_argument("--alpha", type=ranged(float, 0.0, 1.0), default=None, metavar="A",
-                   help="the trained weights' share with --interpolate (default: 0.5)")
+    p.add_argument("--alpha", type=_alphas, default=None, metavar="A[,A...]",
+                   help="the trained weights' share with --interpolate (default: 0.5); one for every "
+                        "model, or one per model in the order given")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     add_verbosity_arguments(p, quiet="no progress bar")
     p.set_defaults(handler=_run)
+
+
+def _alphas(text: str) -> List[float]:
+    """An argparse type: one share from 0 to 1, or several separated by commas."""
+    share = ranged(float, 0.0, 1.0)
+    return [share(part) for part in text.split(",")]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -71,8 +79,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.interpolate is not None:
             from ..separator import resolve_bundle
 
-            alpha = 0.5 if args.alpha is None else args.alpha
-            interpolate = (resolve_bundle(args.interpolate), alpha)
+            alphas = [0.5] if args.alpha is None else args.alpha
+            if len(alphas) not in (1, len(args.inputs)):
+                raise UsageError(f"--alpha gives {len(alphas)} shares for {len(args.inputs)} models: give one, "
+                                 "or one per model")
+            interpolate = (resolve_bundle(args.interpolate), alphas[0] if len(alphas) == 1 else alphas)
         bars = None if args.quiet else TaskBars({"fitting": "track"})
         try:
             folder = export_bundle(args.inputs, args.out, blend=args.blend, force=args.force,
