@@ -79,10 +79,10 @@ MUTATIONS: Tuple[Mutation, ...] = (
     Mutation(
         "bfloat16-mixture-stft", "under bfloat16 the mixture STFT itself is rounded to bfloat16, not only the networks",
         "src/danna_sep/runner.py",
-        (("        return self._filter(self._estimates(mix_stft), mix_stft)\n",
+        (("        return self._filter(self._estimates(mix_stft), mix_stft, max_bin=max_bin)\n",
           '        if self.options.precision == "bfloat16":\n'
           "            mix_stft = torch.view_as_complex(torch.view_as_real(mix_stft).to(torch.bfloat16).float())\n"
-          "        return self._filter(self._estimates(mix_stft), mix_stft)\n"),),
+          "        return self._filter(self._estimates(mix_stft), mix_stft, max_bin=max_bin)\n"),),
         ("tests/test_precision.py::test_only_the_network_runs_in_bfloat16",
          "tests/test_precision.py::test_bfloat16_masks_cannot_move_the_sum_of_the_stems"),
     ),
@@ -119,6 +119,18 @@ MUTATIONS: Tuple[Mutation, ...] = (
         "src/danna_sep/runner.py",
         (("            residual=single,\n", "            residual=False,\n"),),
         ("tests/test_engine.py::test_a_single_target_model_is_filtered_against_the_residual",),
+    ),
+    Mutation(
+        "weighted-bins-off-by-one", "a member's Wiener filter stops one bin short of its last weighted bin",
+        "src/danna_sep/engine.py",
+        (("    return int(weighted[-1]) + 1\n", "    return int(weighted[-1])\n"),),
+        ("tests/test_engine.py::test_blend_weighs_a_member_only_on_the_bins_it_models",),
+    ),
+    Mutation(
+        "bfloat16-conv-unchecked", "a bfloat16 convolution that disagrees with float32 is used as it is",
+        "src/danna_sep/models/layout.py",
+        (("                return self._in_float32(planes).squeeze(2)\n", "                pass\n"),),
+        ("tests/test_layout.py::test_a_bfloat16_convolution_that_disagrees_with_float32_computes_in_float32",),
     ),
 )
 
