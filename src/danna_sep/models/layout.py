@@ -82,7 +82,7 @@ class ChannelsLastConv1d(nn.Module):
             if self.agrees is None:
                 self.agrees = self._check(planes)
                 if not self.agrees:
-                    log.info("a bfloat16 convolution (%s) disagrees with float32 here: computed in float32",
+                    log.debug("a bfloat16 convolution (%s) disagrees with float32 here: computed in float32",
                              tuple(self.weight.shape))
             if not self.agrees:
                 return self._in_float32(planes).squeeze(2)
