@@ -377,8 +377,9 @@ def test_sigint_mid_track_leaves_nothing_half_written(tmp_path, tiny_bundle, job
     assert not leftovers(out)
 
 
-# Long enough that pass 2 (four mp3 encodes after the separation) takes seconds to catch.
-LONG_SECONDS = 10
+# Long enough that pass 2 (four mp3 encodes after the separation) takes seconds to catch, and
+# that the encoders write data well before they finish (10 s was once too short on a fast CPU).
+LONG_SECONDS = 20
 
 
 @pytest.fixture(scope="module")
