@@ -132,6 +132,18 @@ MUTATIONS: Tuple[Mutation, ...] = (
         (("                return self._in_float32(planes).squeeze(2)\n", "                pass\n"),),
         ("tests/test_layout.py::test_a_bfloat16_convolution_that_disagrees_with_float32_computes_in_float32",),
     ),
+    Mutation(
+        "fused-wiener-unconjugated", "the compiled Wiener filter uses R_01 where R_10 belongs",
+        "src/danna_sep/wiener_fused.py",
+        (("(r01r * w0r[t] + r01i * w0i[t] + r11 * w1r[t])", "(r01r * w0r[t] - r01i * w0i[t] + r11 * w1r[t])"),),
+        ("tests/test_wiener_fused.py::test_matches_norbert",),
+    ),
+    Mutation(
+        "fused-wiener-openmp", "the compiled Wiener filter runs on numba's OpenMP beside torch's",
+        "src/danna_sep/wiener_fused.py",
+        (("                numba.config.THREADING_LAYER = THREADING_LAYER\n", "                pass\n"),),
+        ("tests/test_wiener_fused.py::test_runs_on_numbas_own_thread_pool_not_a_second_openmp",),
+    ),
 )
 
 

@@ -17,7 +17,7 @@ from typing import List, Literal, Optional
 import torch
 from torch import nn
 
-from . import DEFAULT_OVERLAP, spectral
+from . import DEFAULT_OVERLAP, spectral, wiener_fused
 from .models.base import TargetGroup, contract_of
 from .models.fusion import fold_batch_norms
 from .models.layout import conv1d_to_channels_last
@@ -214,6 +214,8 @@ class ModelRunner:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.autocast = precision == "bfloat16" and not self.cast
+        if self.input_domain == "magnitude" and device.type == "cpu":
+            wiener_fused.warm_up_in_background()
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last and x.dim() == 4:

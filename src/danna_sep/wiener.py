@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from . import wiener_fused
+
 DEFAULT_EPS = 1e-10
 BIN_BLOCK = 128
 """Frequency bins filtered together (see `wiener`)."""
@@ -253,6 +255,9 @@ def apply_wiener(
     mix_stft: complex `(batch, channels, bins, frames)`.
     Returns complex `(batch, sources, channels, bins, frames)`, contiguous in that layout
     (with `max_bin`, only the bins below it: see `wiener`).
+
+    Stereo on the CPU without gradients runs the same arithmetic compiled into one loop
+    (`wiener_fused`, several times faster); the torch operations do the rest.
     """
     targets = estimates.permute(0, 4, 3, 2, 1)
     mix = mix_stft.permute(0, 3, 2, 1)
@@ -260,6 +265,11 @@ def apply_wiener(
     channels, bins, frames = mix_stft.shape[1:]
     result = torch.empty((estimates.shape[0], sources, channels, _bins_below(bins, max_bin), frames),
                          dtype=mix_stft.dtype, device=mix_stft.device)
+    if window is not None and window <= 0:
+        raise ValueError("window must be a positive number of frames")
+    if wiener_fused.usable(estimates, mix_stft):
+        return wiener_fused.filter_stereo(estimates, mix_stft, result, iterations, softmask, residual, eps,
+                                          frames if window is None else window)
     out = result.permute(0, 4, 3, 2, 1)  # the filter's layout, written in place
     if window is None:
         wiener(targets, mix, iterations, softmask, residual, eps, out=out, max_bin=max_bin)
