@@ -18,7 +18,7 @@ def _random_norms(model: nn.Module, seed: int = 0) -> nn.Module:
     """Batch norms with statistics and affine parameters far from the identity."""
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
+        if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
             shape = module.running_mean.shape
             module.running_mean.copy_(torch.randn(shape, generator=generator))
             module.running_var.copy_(torch.rand(shape, generator=generator) * 2 + 0.2)
@@ -53,6 +53,22 @@ def test_the_unet_folds_all_but_its_transposed_convolutions_norms():
     mag = torch.rand(1, 2, 300, 70) * 3
     with torch.no_grad():
         torch.testing.assert_close(folded(mag), model(mag), rtol=1e-5, atol=1e-5)
+
+
+def test_the_xumx_folds_its_three_1d_norms_and_its_runner_computes_the_same():
+    torch.manual_seed(3)
+    model = _random_norms(models.build("xumx", hidden_channels=16, max_bins=100), seed=3).eval()
+    folded = copy.deepcopy(model)
+    assert fold_batch_norms(folded) == 3
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in folded.modules())
+    mag = torch.rand(1, 2, 2049, 40) * 3
+    with torch.no_grad():
+        want = model(mag)
+        torch.testing.assert_close(folded(mag), want, rtol=1e-4, atol=1e-4)
+        runner = ModelRunner(model, CPU, EngineOptions(precision="float32"))
+        assert not any(isinstance(m, nn.BatchNorm1d) for m in runner.model.modules())
+        assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 3  # the caller's: as it was
+        torch.testing.assert_close(runner._forward(mag), want, rtol=1e-4, atol=1e-4)
 
 
 def test_training_mode_folds_nothing():

@@ -197,7 +197,7 @@ class ModelRunner:
         self.cast = precision == "bfloat16" and has_weights and eager
         # Batch norms folded into the convolutions before them (models/fusion.py): a pass
         # over the activations less per norm, on a copy unless the runner owns the model.
-        folds = eager and not model.training and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+        folds = eager and not model.training and any(isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for m in model.modules())
         # 1D convolutions as channels-last 2D ones (models/layout.py): Demucs twice as fast in
         # bfloat16 on the CPU. Not measured on GPUs, so left as they are there.
         relayout = (eager and not model.training and device.type == "cpu"

