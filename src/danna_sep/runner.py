@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, replace
-from typing import List, Literal, Optional
+from typing import List, Literal, Optional, Sequence
 
 import torch
 from torch import nn
@@ -169,12 +169,22 @@ class ModelRunner:
     """
 
     def __init__(self, model: nn.Module, device: torch.device, options: EngineOptions,
-                 own_model: bool = False):
+                 own_model: bool = False, sources: Optional[Sequence[str]] = None):
         precision = resolve_precision(options.precision, device)
         if precision != options.precision:
             options = replace(options, precision=precision)
         self.device = device
         self.options = options
+        # Only `sources` are wanted (a blend's zero weights): a model that can skip the
+        # others' work (Demucs' separate decoders) does so, on a copy unless it is ours.
+        prunes = (sources is not None and callable(getattr(model, "keep_decoders", None))
+                  and not model.training and not isinstance(model, torch.jit.ScriptModule)
+                  and any(name not in sources for name in contract_of(model).sources)
+                  and any(name in sources for name in contract_of(model).sources))
+        if prunes:
+            model = model if own_model else copy.deepcopy(model)
+            model.keep_decoders(list(sources))
+            own_model = True
         parts = list(model) if isinstance(model, TargetGroup) else [model]
         contract = contract_of(parts[0])
         # A group's estimates are stacked in its order (its models are one network, so one

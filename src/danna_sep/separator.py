@@ -153,7 +153,9 @@ class Separator:
         runners = []
         for member in self.bundle.members:
             member.model.to(self.device).eval()
-            runners.append(ModelRunner(member.model, self.device, self.options, own_model=own_models))
+            weighted = [name for name in self.bundle.sources if member.blend.get(name, 0.0)]
+            runners.append(ModelRunner(member.model, self.device, self.options, own_model=own_models,
+                                       sources=weighted))
         self._blend = Blend(runners, [m.blend for m in self.bundle.members], self.bundle.sources)
 
     @property

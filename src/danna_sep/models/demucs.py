@@ -61,6 +61,8 @@ class DemucsSplit(_Demucs):
     kernel_size: int
     stride: int
     resample_factor: int
+    decoders: int
+    decoder_inputs: List[int]
 
     def __init__(
         self,
@@ -81,6 +83,10 @@ class DemucsSplit(_Demucs):
         self.samplerate = SAMPLERATE
         self.audio_channels = 2
         n_src = len(SOURCES)
+        self.decoders = n_src
+        # The LSTM's output channels the decoders read, in order, once `keep_decoders` has
+        # dropped some (empty: all of them). Not a buffer, so never in a state dict.
+        self.decoder_inputs = []
 
         self.up_sample: nn.Module = FractionalResample(1, 2) if resample else nn.Identity()
         self.down_sample: nn.Module = FractionalResample(2, 1) if resample else nn.Identity()
@@ -134,17 +140,59 @@ class DemucsSplit(_Demucs):
         x, mean, std = standardize(wav)
         x = F.pad(x, [0, self.valid_length(length) - length])
         x, saved = self._encode(self.up_sample(x))
+        if len(self.decoder_inputs) > 0:
+            x = x.index_select(1, torch.tensor(self.decoder_inputs, dtype=torch.long, device=x.device))
 
         for decode, pre_conv, skip_conv in zip(self.decoder, self.dec_pre_convs, self.convs_1x1):
             skip = saved.pop()
             x = pre_conv(x) + skip_conv(skip[..., : x.shape[2]])
             steps = x.shape[2]
-            value, gate = x.view(batch, 4, -1, steps).chunk(2, dim=2)
+            value, gate = x.view(batch, self.decoders, -1, steps).chunk(2, dim=2)
             x = decode((value * torch.sigmoid(gate)).reshape(batch, -1, steps))
 
         x = self.down_sample(x)[..., :length]
         x = x * std + mean
-        return x.reshape(batch, 4, 2, length)
+        return x.reshape(batch, self.decoders, 2, length)
+
+    @torch.no_grad()
+    def keep_decoders(self, sources: List[str]) -> int:
+        """Drop, in place, the decoders of the sources not in `sources`, for inference: the
+        model then outputs only those (in its order), with the same values, and skips the
+        others' decoding (the decoders are grouped convolutions, one group per source, so
+        the kept groups' weights are sliced out). Returns how many decoders remain."""
+        keep = [index for index, name in enumerate(self.sources) if name in sources]
+        if not keep:
+            raise ValueError(f"none of {sources} is among {self.sources}")
+        if len(keep) == self.decoders:
+            return self.decoders
+        groups = self.decoders
+
+        def rows(total: int) -> torch.Tensor:  # the kept groups' slices of `total` channels
+            size = total // groups
+            return torch.cat([torch.arange(g * size, (g + 1) * size) for g in keep])
+
+        inputs = rows(self.dec_pre_convs[0].in_channels).tolist()
+        self.decoder_inputs = [self.decoder_inputs[i] for i in inputs] if self.decoder_inputs else inputs
+        for level in range(len(self.decoder)):
+            skip = self.convs_1x1[level]
+            skip.weight = nn.Parameter(skip.weight[rows(skip.out_channels)])
+            skip.out_channels = skip.weight.shape[0]
+            pre = self.dec_pre_convs[level]
+            out_rows = rows(pre.out_channels)
+            pre.weight = nn.Parameter(pre.weight[out_rows])
+            if pre.bias is not None:
+                pre.bias = nn.Parameter(pre.bias[out_rows])
+            pre.in_channels, pre.out_channels, pre.groups = (
+                pre.in_channels // groups * len(keep), pre.weight.shape[0], len(keep))
+            up = self.decoder[level][0]
+            up.weight = nn.Parameter(up.weight[rows(up.in_channels)])
+            if up.bias is not None:
+                up.bias = nn.Parameter(up.bias[rows(up.out_channels)])
+            up.in_channels, up.out_channels, up.groups = (
+                up.weight.shape[0], up.out_channels // groups * len(keep), len(keep))
+        self.sources = [self.sources[index] for index in keep]
+        self.decoders = len(keep)
+        return self.decoders
 
 
 class DemucsV1(_Demucs):
