@@ -12,7 +12,13 @@ from danna_sep import wiener_fused
 
 from test_wiener import EPS, norbert_reference, random_problem, rel_error
 
-pytestmark = pytest.mark.skipif(not wiener_fused.available(), reason="numba is not installed")
+numba = pytest.importorskip("numba")
+
+
+@pytest.fixture(autouse=True)
+def switched_on(monkeypatch):
+    """The compiled filter is opt-in (DANNA_SEP_WIENER=numba); these tests turn it on."""
+    monkeypatch.setenv(wiener_fused.ENV_SWITCH, "numba")
 
 
 def torch_path(monkeypatch, *args, **kwargs) -> torch.Tensor:
@@ -97,9 +103,12 @@ def test_gradients_and_other_channel_counts_take_the_torch_path():
     assert leaf.grad is not None and torch.isfinite(leaf.grad).all()
 
 
-def test_switched_off_by_the_environment(monkeypatch):
+def test_off_unless_switched_on(monkeypatch):
     estimates, mix = hard_problem(seed=6, frames=20)
+    assert wiener_fused.usable(estimates, mix)
     monkeypatch.setenv(wiener_fused.ENV_SWITCH, "torch")
+    assert not wiener_fused.usable(estimates, mix)
+    monkeypatch.delenv(wiener_fused.ENV_SWITCH)
     assert not wiener_fused.usable(estimates, mix)
 
 
@@ -152,6 +161,7 @@ def test_runs_on_numbas_own_thread_pool_not_a_second_openmp(tmp_path):
         "print(numba.threading_layer())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env[wiener_fused.ENV_SWITCH] = "numba"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[-1] == wiener_fused.THREADING_LAYER == "workqueue"

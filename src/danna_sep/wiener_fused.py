@@ -23,7 +23,11 @@ import torch
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "DANNA_SEP_WIENER"
-"""`torch` in the environment turns the compiled filter off (to compare, or to rule it out)."""
+"""`numba` in the environment turns the compiled filter on. Off by default: in process it
+makes the filter 4 to 5 times faster (the full blend 14.7 -> 12.9 s per 30 s), but whole
+processes gained nothing (the default bundle's CLI run: numba's import and cache load eat
+the gain) or lost (`benchmarks/speed.py`'s full blend in a spawned process: 19.4 s against
+13.2, not yet understood)."""
 
 THREADING_LAYER = "workqueue"
 """numba's own thread pool, unless NUMBA_THREADING_LAYER names another."""
@@ -44,9 +48,9 @@ _kernel = None
 
 
 def available() -> bool:
-    """Whether the compiled filter can run here (numba importable, not switched off)."""
+    """Whether the compiled filter runs here (switched on, numba importable)."""
     global _numba
-    if os.environ.get(ENV_SWITCH, "").lower() == "torch":
+    if os.environ.get(ENV_SWITCH, "").lower() != "numba":
         return False
     if _numba is None:
         try:
@@ -117,7 +121,7 @@ def _compiled():
     global _kernel
     if _kernel is None:
         if not available():
-            raise RuntimeError(f"the compiled Wiener filter needs numba (and {ENV_SWITCH} not set to torch)")
+            raise RuntimeError(f"the compiled Wiener filter needs numba and {ENV_SWITCH}=numba")
         try:
             _kernel = _numba.njit(parallel=True, cache=True, nogil=True, fastmath=FASTMATH)(_filter_bins)
         except RuntimeError as error:  # nowhere writable to keep the machine code
