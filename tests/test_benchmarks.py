@@ -332,3 +332,18 @@ def test_unet_levels_partition_the_networks_flops(bench):
     whole = rows[-1]
     assert whole["flops"] > 0 and whole["seconds"] > 0
     assert sum(row["flops"] for row in rows[:-1]) == whole["flops"]
+
+
+def test_components_account_for_the_default_bundles_time(bench, capsys):
+    """benchmarks/components.py: a row per network of the default bundle, the filters and
+    transforms, and a total that the rows add up to."""
+    components = importlib.import_module("benchmarks.components")
+    assert components.main(["--seconds", "3", "--threads", "1"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines()[2:]:
+        name, value = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[name] = float(value)
+    assert {"network XUMX", "network UNetAttn", "network DemucsSplit", "Wiener filter", "inverse STFT",
+            "STFT", "the rest", "total"} <= set(rows)
+    assert all(value >= 0 for value in rows.values())
+    assert abs(sum(value for name, value in rows.items() if name != "total") - rows["total"]) < 0.02

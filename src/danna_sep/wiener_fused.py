@@ -23,11 +23,11 @@ import torch
 log = logging.getLogger(__name__)
 
 ENV_SWITCH = "DANNA_SEP_WIENER"
-"""`numba` in the environment turns the compiled filter on. Off by default: in process it
-makes the filter 4 to 5 times faster (the full blend 14.7 -> 12.9 s per 30 s), but whole
-processes gained nothing (the default bundle's CLI run: numba's import and cache load eat
-the gain) or lost (`benchmarks/speed.py`'s full blend in a spawned process: 19.4 s against
-13.2, not yet understood)."""
+"""`numba` in the environment turns the compiled filter on. Off by default until whole
+processes show a gain: in process the filter is 4 to 5 times faster (the full blend's
+filters 1.55 -> 0.21 s per 30 s clip), but numba's import and cache load cost about 0.8 s
+per process, and `benchmarks/speed.py`'s spawned full-blend runs did not separate the two
+paths from this machine's drift (18.2 / 18.7 s without, 21.2 / 18.4 s with, alternated)."""
 
 THREADING_LAYER = "workqueue"
 """numba's own thread pool, unless NUMBA_THREADING_LAYER names another."""
