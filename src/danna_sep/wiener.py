@@ -168,6 +168,15 @@ def wiener(
     bins = _bins_below(mix.shape[-2], max_bin)
     sources = targets.shape[-1] + (1 if residual else 0)
     shape = mix.shape[:-2] + (bins, mix.shape[-1], sources)
+    if _records_gradients(targets, mix):
+        # Under autograd every write into a slice of `out` costs a full-size copy of the
+        # gradient in backward (CopySlices): the blocks are joined instead.
+        if out is not None:
+            raise ValueError("out cannot be used while gradients are recorded")
+        blocks = [_wiener_bins(targets[..., start:start + BIN_BLOCK, :, :],
+                               mix[..., start:start + BIN_BLOCK, :], scale, iterations, softmask,
+                               residual, eps, None) for start in range(0, bins, BIN_BLOCK)]
+        return torch.cat(blocks, dim=-3).to(mix.dtype)
     if out is None:
         out = torch.empty(shape, dtype=mix.dtype, device=mix.device)
     elif out.shape != shape or not out.is_complex():
@@ -188,9 +197,16 @@ def _bins_below(bins: int, max_bin: int | None) -> int:
     return max_bin
 
 
+def _records_gradients(*tensors: torch.Tensor) -> bool:
+    """Whether autograd records operations on any of `tensors` here."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, iterations: int,
-                 softmask: bool, residual: bool, eps: float, out: torch.Tensor) -> None:
-    """`wiener` on some of the bins, with the scale of the whole mixture, written into `out`."""
+                 softmask: bool, residual: bool, eps: float,
+                 out: torch.Tensor | None) -> torch.Tensor:
+    """`wiener` on some of the bins, with the scale of the whole mixture, written into `out`
+    (or, without it, returned in complex128)."""
     x = mix.to(torch.complex128)
     v = targets.to(torch.float64)
     if softmask:
@@ -200,12 +216,15 @@ def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, 
     if residual:
         y = torch.cat([y, x.unsqueeze(-1) - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
-        out.copy_(y)
+        pass
     elif x.shape[-1] == 2:
-        _expectation_maximization_stereo(y, x, iterations, eps, scale, out=out)
+        return _expectation_maximization_stereo(y, x, iterations, eps, scale, out=out)
     else:
         y = expectation_maximization(y / scale.unsqueeze(-1), x / scale, iterations, eps)
-        torch.mul(y, scale.unsqueeze(-1), out=out)
+        if out is None:
+            return y * scale.unsqueeze(-1)
+        return torch.mul(y, scale.unsqueeze(-1), out=out)
+    return y if out is None else out.copy_(y)
 
 
 def wiener_windowed(
@@ -228,6 +247,12 @@ def wiener_windowed(
         raise ValueError("window must be a positive number of frames")
     frames = mix.shape[-3]
     sources = targets.shape[-1] + (1 if residual else 0)
+    if _records_gradients(targets, mix):  # joined, not written into slices (see `wiener`)
+        if out is not None:
+            raise ValueError("out cannot be used while gradients are recorded")
+        return torch.cat([wiener(targets[..., start:start + window, :, :, :], mix[..., start:start + window, :, :],
+                                 iterations=iterations, softmask=softmask, residual=residual, eps=eps,
+                                 max_bin=max_bin) for start in range(0, frames, window)], dim=-4)
     if out is None:
         bins = _bins_below(mix.shape[-2], max_bin)
         out = torch.empty(mix.shape[:-2] + (bins, mix.shape[-1], sources), dtype=mix.dtype, device=mix.device)
@@ -263,10 +288,16 @@ def apply_wiener(
     mix = mix_stft.permute(0, 3, 2, 1)
     sources = estimates.shape[1] + (1 if residual else 0)
     channels, bins, frames = mix_stft.shape[1:]
-    result = torch.empty((estimates.shape[0], sources, channels, _bins_below(bins, max_bin), frames),
-                         dtype=mix_stft.dtype, device=mix_stft.device)
     if window is not None and window <= 0:
         raise ValueError("window must be a positive number of frames")
+    if _records_gradients(estimates, mix_stft):  # training: no writes into views (see `wiener`)
+        if window is None:
+            filtered = wiener(targets, mix, iterations, softmask, residual, eps, max_bin=max_bin)
+        else:
+            filtered = wiener_windowed(targets, mix, iterations, softmask, residual, eps, window, max_bin=max_bin)
+        return filtered.permute(0, 4, 3, 2, 1).contiguous()
+    result = torch.empty((estimates.shape[0], sources, channels, _bins_below(bins, max_bin), frames),
+                         dtype=mix_stft.dtype, device=mix_stft.device)
     if wiener_fused.usable(estimates, mix_stft):
         return wiener_fused.filter_stereo(estimates, mix_stft, result, iterations, softmask, residual, eps,
                                           frames if window is None else window)
