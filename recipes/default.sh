@@ -11,10 +11,12 @@
 #      (ALPHA, the stage-2 share, default 0.5: `danna-sep export --interpolate`);
 #   4. stage 3: the members with a config in configs/default/closs/ fine-tuned from
 #      WORK_DIR/stage2 with Danna-Sep's combination loss (two threads each, one after the
-#      other); the others are carried over from stage 2 as they are;
-#   5. export: the stage-3 weights at their share against stage 2 (ALPHA3_X_UMX, default 1;
-#      ALPHA3_UNET_ATTN, default 0.5; ALPHA3 sets both), with blend weights fitted on the
-#      corpus' test/ tracks;
+#      other), then those with a config in configs/default/closs2/ (the X-UMX) once more
+#      from their stage-3 run's best checkpoint (a second round, another seed); the others
+#      are carried over from stage 2 as they are;
+#   5. export: each member's last stage-3 round at its share against stage 2 (ALPHA3_X_UMX,
+#      default 1; ALPHA3_UNET_ATTN, default 0.5; ALPHA3 sets both), with blend weights
+#      fitted on the corpus' test/ tracks;
 #   6. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
 #      the real MIR-1K clips of shared/realval (if present; never trained on).
 #
@@ -26,7 +28,7 @@
 # stage 1 and fine-tunes that bundle's members instead; STAGE2_BUNDLE=DIR skips stages 1
 # and 2 and starts stage 3 from that bundle (how the shipped weights were made: see
 # README). TRACKS, SECONDS_PER_TRACK, CONFIGS, FINETUNE_CONFIGS, CLOSS_CONFIGS,
-# QUALITY_TRACKS and REALVAL override the corpus size, the config folders, the quality
+# CLOSS2_CONFIGS, QUALITY_TRACKS and REALVAL override the corpus size, the config folders, the quality
 # split and the real clips (the tests run the whole script small).
 set -euo pipefail
 
@@ -36,6 +38,7 @@ bundle="${2:-$work/bundle}"
 configs="${CONFIGS:-$here/configs/default}"
 finetune="${FINETUNE_CONFIGS:-$configs/finetune}"
 closs="${CLOSS_CONFIGS:-$configs/closs}"
+closs2="${CLOSS2_CONFIGS:-$configs/closs2}"
 tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
@@ -49,17 +52,20 @@ files=(00-xumx 01-unet_attn 02-demucs_split)
 echo "== corpus: $work/corpus" >&2
 danna-sep corpus "$work/corpus" --tracks "$tracks" --seconds "$seconds" --seed 0 --workers 2
 
-# train_one STAGE CONFIG_DIR INDEX [WEIGHTS_DIR]: member INDEX in the background (its pid in
-# $! as usual), resuming when its run exists.
+# train_one STAGE CONFIG_DIR INDEX [WEIGHTS]: member INDEX in the background (its pid in
+# $! as usual), resuming when its run exists. WEIGHTS: a bundle folder (the member's file in
+# it) or a training run folder (its best checkpoint).
 train_one() {
     local stage="$1" config_dir="$2" i="$3" weights="${4:-}"
     local name="${members[$i]}" run="$work/$stage/${members[$i]}" args=()
     mkdir -p "$work/$stage"
     if [ -f "$run/checkpoints/last.pt" ]; then
         args=(--resume)
+    elif [ -f "$weights/bundle.json" ]; then
+        args=(--force --weights "$weights/${files[$i]}.safetensors")
     else
         args=(--force)
-        [ -z "$weights" ] || args+=(--weights "$weights/${files[$i]}.safetensors")
+        [ -z "$weights" ] || args+=(--weights "$weights")
     fi
     danna-sep train "$config_dir/$name.json" --data "$work/corpus" --out "$run" "${args[@]}" \
         > "$work/$stage/$name.log" 2>&1 &
@@ -117,22 +123,35 @@ else
         --interpolate "$stage1" --alpha "$alpha"
 fi
 
-# Stage 3 tunes the members with a config in $closs, one after the other; the others are
-# carried over from stage 2 (a bundle's weights file is an export input).
+# train_wait STAGE CONFIG_DIR INDEX WEIGHTS: train_one, waited for.
+train_wait() {
+    local stage="$1" name="${members[$3]}"
+    echo "== $stage: $name in $work/$stage (log: $work/$stage/$name.log)" >&2
+    train_one "$@"
+    if ! wait $!; then
+        echo "training $name ($stage) failed: see $work/$stage/$name.log" >&2
+        exit 1
+    fi
+    grep -h "epoch .*validation" "$work/$stage/$name.log" | tail -n 2 >&2 || true
+}
+
+# Stage 3 tunes the members with a config in $closs, one after the other, and those with one
+# in $closs2 a second time from their first round; the others are carried over from stage 2
+# (a bundle's weights file is an export input). One member at a time on two threads: side by
+# side on one thread each, the X-UMX and the U-Net each took twice as long per step (README).
 inputs=()
 alphas3=()  # each input's share against stage 2 (a carried member is stage 2's own: any share keeps it)
 for i in "${!members[@]}"; do
     share="alpha3_${members[$i]}"
     alphas3+=("${!share:-1}")
     if [ -f "$closs/${members[$i]}.json" ]; then
-        echo "== stage 3: ${members[$i]} in $work/closs (log: $work/closs/${members[$i]}.log)" >&2
-        train_one closs "$closs" "$i" "$stage2"
-        if ! wait $!; then
-            echo "training ${members[$i]} (stage 3) failed: see $work/closs/${members[$i]}.log" >&2
-            exit 1
+        train_wait closs "$closs" "$i" "$stage2"
+        last_round="$work/closs/${members[$i]}"
+        if [ -f "$closs2/${members[$i]}.json" ]; then
+            train_wait closs2 "$closs2" "$i" "$last_round"
+            last_round="$work/closs2/${members[$i]}"
         fi
-        grep -h "epoch .*validation" "$work/closs/${members[$i]}.log" | tail -n 2 >&2 || true
-        inputs+=("$work/closs/${members[$i]}")
+        inputs+=("$last_round")
     else
         inputs+=("$stage2/${files[$i]}.safetensors")
     fi

@@ -43,6 +43,7 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     configs = _small_configs(tmp_path / "configs")
     _small_configs(configs / "finetune", ROOT / "configs" / "default" / "finetune")
     _small_configs(configs / "closs", ROOT / "configs" / "default" / "closs")
+    _small_configs(configs / "closs2", ROOT / "configs" / "default" / "closs2")
     realval = tmp_path / "realval" / "clip"  # one real-clip folder in the layout of shared/realval
     realval.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -84,17 +85,23 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
                 halfway = (start[key].double() + tuned_state[key].double()) / 2
                 torch.testing.assert_close(middle[key].double(), halfway, rtol=1e-6, atol=1e-7)
     # Stage 3 tunes the members with a closs config from the stage-2 bundle with the combination
-    # loss, each exported at its share against stage 2 (X-UMX 1: as trained; U-Net 0.5: halfway);
-    # the others are carried over to the bit.
+    # loss, and those with a closs2 config (the X-UMX) again from that run's best checkpoint;
+    # each is exported from its last round at its share against stage 2 (X-UMX 1: as trained;
+    # U-Net 0.5: halfway); the others are carried over to the bit.
     third = [name for name in SMALL if (ROOT / "configs" / "default" / "closs" / f"{name}.json").is_file()]
-    assert "x_umx" in third and "unet_attn" in third and "demucs_split" not in third
+    again = [name for name in SMALL if (ROOT / "configs" / "default" / "closs2" / f"{name}.json").is_file()]
+    assert "x_umx" in third and "unet_attn" in third and "demucs_split" not in third and again == ["x_umx"]
     closs = {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in third}
     assert closs == {name: 3 for name in third}
+    closs2 = {name: (work / "closs2" / name / "losses.jsonl").read_text().count("\n") for name in again}
+    assert closs2 == {"x_umx": 3}
+    assert "closs/x_umx/checkpoints/best-epoch0001.pt: loaded into xumx" in (work / "closs2" / "x_umx.log").read_text()
     shares = {"x_umx": 1.0, "unet_attn": 0.5}
     for index, name in enumerate(SMALL):
         record = manifest["training"][index]
         if name in third:
-            assert record["config"]["loss"]["kind"] == "closs" and "/closs/" in record["checkpoint"]
+            last_round = "closs2" if name in again else "closs"
+            assert record["config"]["loss"]["kind"] == "closs" and f"/{last_round}/" in record["checkpoint"]
             assert record["interpolated"]["alpha"] == shares[name]
             final = load_file(str(bundle / manifest["models"][index]["weights"]))
             start = load_file(str(work / "stage2" / stage2["models"][index]["weights"]))
@@ -118,3 +125,4 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     assert {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == steps
     assert {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == tuned
     assert {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in closs} == closs
+    assert {name: (work / "closs2" / name / "losses.jsonl").read_text().count("\n") for name in closs2} == closs2

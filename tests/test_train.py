@@ -504,6 +504,33 @@ def test_weights_from_an_asteroid_xumx_checkpoint(base, tmp_path):
     assert code == 1
 
 
+def test_weights_from_a_run_folder_are_its_best_checkpoint(base, tmp_path):
+    """`--weights RUN_DIR` starts from the checkpoint `export` takes from that run: its best by
+    validation (not its last), and a folder without checkpoints is one clear line."""
+    from danna_sep.train.checkpoint import CheckpointFileError, load_initial_weights
+
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run(base, "demucs_split") / "checkpoints", run / "checkpoints")
+    # The tiny run keeps its two epochs' checkpoints; whichever scored better, list the one
+    # that is not its last state first, so that best and last differ.
+    index = json.loads((run / "checkpoints" / "best.json").read_text())
+    last = load_checkpoint(run / "checkpoints" / "last.pt")["state_dict"]
+    earlier = [e for e in index if any(not torch.equal(v, last[k]) for k, v in
+                                       load_checkpoint(run / "checkpoints" / e["file"])["state_dict"].items())]
+    assert earlier, "no checkpoint differs from the last"
+    (run / "checkpoints" / "best.json").write_text(json.dumps(earlier[:1] + [e for e in index if e not in earlier[:1]]))
+    expected = load_checkpoint(run / "checkpoints" / earlier[0]["file"])["state_dict"]
+    config = load_config(TINY / "demucs_split.json")
+    model = models.build(config.model.name, **config.model.kwargs)
+    load_initial_weights(model, run)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    with pytest.raises(CheckpointFileError, match="no checkpoint in"):
+        load_initial_weights(model, tmp_path / "run" / "checkpoints")
+
+
 def test_data_loader_workers_draw_the_same_segments(base, tmp_path):
     """Segments are a function of (seed, epoch, index): worker processes change nothing."""
     config = json.loads((TINY / "demucs_split.json").read_text())

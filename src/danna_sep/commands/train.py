@@ -29,8 +29,8 @@ def register(subparsers) -> None:
                    help="run folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--weights", default=None, metavar="FILE",
-                   help="start from these weights: one of our checkpoints, a bundle's .safetensors, "
-                        "or the official X-UMX / open-unmix file")
+                   help="start from these weights: one of our checkpoints, a run folder (its best "
+                        "checkpoint), a bundle's .safetensors, or the official X-UMX / open-unmix file")
     p.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--max-steps", type=ranged(int, 1), default=None, metavar="N",
                    help="stop after N optimiser steps in all (replaces train.max_steps)")

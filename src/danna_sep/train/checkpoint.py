@@ -88,11 +88,14 @@ def state_digest(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def load_initial_weights(model: SeparationModel, path: str | os.PathLike) -> None:
-    """Load `path` into `model`: our checkpoints, bundle safetensors, or a file in an upstream
-    layout the model adopts (`SeparationModel.adopt_state`)."""
+    """Load `path` into `model`: our checkpoints, a training run folder (its best checkpoint
+    by validation, else its last: what `export` takes from it), bundle safetensors, or a
+    file in an upstream layout the model adopts (`SeparationModel.adopt_state`)."""
     from ..convert import CheckpointError, load_state_file
 
     path = Path(path)
+    if path.is_dir():
+        path, _ = pick_run_checkpoint(path)
     if not path.is_file():
         raise CheckpointFileError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
