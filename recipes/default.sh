@@ -53,13 +53,18 @@ echo "== corpus: $work/corpus" >&2
 danna-sep corpus "$work/corpus" --tracks "$tracks" --seconds "$seconds" --seed 0 --workers 2
 
 # train_one STAGE CONFIG_DIR INDEX [WEIGHTS]: member INDEX in the background (its pid in
-# $! as usual), resuming when its run exists. WEIGHTS: a bundle folder (the member's file in
-# it) or a training run folder (its best checkpoint).
+# $! as usual), resuming when its run exists, kept when it finished (its summary.json says
+# so). WEIGHTS: a bundle folder (the member's file in it) or a training run folder (its best
+# checkpoint).
 train_one() {
     local stage="$1" config_dir="$2" i="$3" weights="${4:-}"
     local name="${members[$i]}" run="$work/$stage/${members[$i]}" args=()
     mkdir -p "$work/$stage"
-    if [ -f "$run/checkpoints/last.pt" ]; then
+    if grep -qs '"finished": true' "$run/summary.json"; then
+        echo "$run finished: kept" >&2
+        true &  # a pid to wait for, as for a run
+        return
+    elif [ -f "$run/checkpoints/last.pt" ]; then
         args=(--resume)
     elif [ -f "$weights/bundle.json" ]; then
         args=(--force --weights "$weights/${files[$i]}.safetensors")
@@ -162,6 +167,10 @@ echo "== export: $bundle (stage 2 + ($shares) x (stage 3 - stage 2), blend fitte
 export_bundle "$bundle" "${inputs[@]}" --fit "$work/corpus" --interpolate "$stage2" --alpha "$shares"
 
 echo "== quality on a fresh test split (seed 1) and on real clips ($realval)" >&2
-if [ -d "$realval" ]; then real=("--realval" "$realval"); else real=("--realval" "none"); fi
-python "$here/benchmarks/quality.py" --bundle "$bundle" --data "$work/quality-seed1" --json "$work/quality.json" --force \
-    --tracks "$quality_tracks" --seconds "$seconds" "${real[@]}"
+if [ -f "$work/quality.json" ] && [ "${FORCE:-0}" != 1 ]; then
+    echo "$work/quality.json exists: kept (FORCE=1 to measure again)" >&2
+else
+    if [ -d "$realval" ]; then real=("--realval" "$realval"); else real=("--realval" "none"); fi
+    python "$here/benchmarks/quality.py" --bundle "$bundle" --data "$work/quality-seed1" --json "$work/quality.json" \
+        --force --tracks "$quality_tracks" --seconds "$seconds" "${real[@]}"
+fi

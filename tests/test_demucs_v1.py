@@ -11,11 +11,11 @@ from danna_sep import bundle as bundles
 from danna_sep.cli import main
 from danna_sep.separator import Separator
 from fakemusdb import synth_stems
-from test_train import trained_run
+from test_train import shared_base, trained_run
 
 
 def test_a_demucs_v1_run_exports_and_separates_with_shifts(tmp_path_factory, tmp_path, capsys):
-    run = trained_run(tmp_path_factory.getbasetemp(), "demucs_v1")
+    run = trained_run(shared_base(tmp_path_factory), "demucs_v1")
     bundle = tmp_path / "bundle"
     assert main(["export", str(run), "-o", str(bundle)]) == 0, capsys.readouterr().err
     manifest = json.loads((bundle / "bundle.json").read_text())

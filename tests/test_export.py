@@ -12,7 +12,7 @@ from danna_sep import models
 from danna_sep.cli import main
 from danna_sep.train.checkpoint import load_checkpoint
 from fakemusdb import make_musdb_hq, synth_stems
-from test_train import DANNA, TINY, dataset_root, trained_run
+from test_train import DANNA, TINY, dataset_root, shared_base, trained_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,7 +26,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    base = tmp_path_factory.getbasetemp()
+    base = shared_base(tmp_path_factory)
     return {name: trained_run(base, name) for name in DANNA}
 
 

@@ -116,12 +116,17 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
             assert manifest["models"][index]["sha256"] == stage2["models"][index]["sha256"]
             assert record["checkpoint"] == stage2["training"][index]["checkpoint"]
 
-    # Run again: the corpus is complete, the runs are finished, the bundle is kept.
+    # Run again: the corpus is complete, the runs are finished (none starts again), the bundle
+    # and the quality tables are kept.
     stamp = (bundle / "bundle.json").stat().st_mtime_ns
+    measured = (work / "quality.json").stat().st_mtime_ns
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "exists: kept" in second.stderr
+    assert second.stderr.count("finished: kept") == 3 + 3 + len(third) + len(again), second.stderr[-3000:]
+    assert "resumed" not in second.stderr and "Traceback" not in second.stderr
     assert (bundle / "bundle.json").stat().st_mtime_ns == stamp
+    assert (work / "quality.json").stat().st_mtime_ns == measured
     assert {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == steps
     assert {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == tuned
     assert {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in closs} == closs

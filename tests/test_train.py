@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from filelock import FileLock
 
 from danna_sep import models
 from danna_sep.cli import main
@@ -27,11 +28,24 @@ TINY = CONFIGS / "tiny"
 DANNA = ("x_umx_mwf", "unet_attn", "demucs_split")
 
 
+def shared_base(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this session shares (the workers' basetemps sit
+    in it), so that the tiny runs are trained once per session, not once per worker."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _locked(path: Path) -> FileLock:
+    """A lock on `path` among the processes of this session (the file beside it)."""
+    return FileLock(str(path.parent / f"{path.name}.lock"))
+
+
 def dataset_root(base: Path) -> Path:
     """4 tracks of 3 s in the train subset: 3 for training, 1 with a MUSDB18 validation name."""
     root = base / "fakemusdb"
-    if not (root / "train").is_dir():
-        make_musdb_hq(root, tracks=4, seconds=3.0, subsets=("train",), seed=0)
+    with _locked(root):
+        if not (root / "train").is_dir():
+            make_musdb_hq(root, tracks=4, seconds=3.0, subsets=("train",), seed=0)
     return root
 
 
@@ -45,12 +59,15 @@ def trained_run(base: Path, name: str) -> Path:
     """The run folder of configs/tiny/NAME trained for its 100 steps (trained once per session)."""
     run = base / "runs" / name
     done = run / "done.json"
-    if not done.is_file():
-        started, cpu_started = time.monotonic(), _cpu_seconds()
-        code = main(["train", str(TINY / f"{name}.json"), "--data", str(dataset_root(base)),
-                     "--out", str(run), "-q", "--force"])
-        assert code == 0
-        done.write_text(json.dumps({"seconds": time.monotonic() - started, "cpu_seconds": _cpu_seconds() - cpu_started}))
+    run.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(run):  # another worker may be training it: wait for that run
+        if not done.is_file():
+            started, cpu_started = time.monotonic(), _cpu_seconds()
+            code = main(["train", str(TINY / f"{name}.json"), "--data", str(dataset_root(base)),
+                         "--out", str(run), "-q", "--force"])
+            assert code == 0
+            done.write_text(json.dumps({"seconds": time.monotonic() - started,
+                                        "cpu_seconds": _cpu_seconds() - cpu_started}))
     return run
 
 
@@ -60,7 +77,7 @@ def read_jsonl(path: Path) -> list:
 
 @pytest.fixture(scope="session")
 def base(tmp_path_factory):
-    return tmp_path_factory.getbasetemp()
+    return shared_base(tmp_path_factory)
 
 
 @pytest.mark.parametrize("name", DANNA)
@@ -86,6 +103,10 @@ def test_tiny_recipe_trains_100_steps(base, name):
 
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert last["progress"]["global_step"] == 100 and last["progress"]["epoch"] == 2
+    summary = json.loads((run / "summary.json").read_text())  # what recipes/default.sh checks
+    assert summary["finished"] is True and summary["steps"] == 100 and summary["epochs_done"] == 2
+    assert summary["valid_sdr"] == {**metrics[-1]["valid_sdr"], "mean": metrics[-1]["valid_sdr_mean"]}
+    assert summary["best_checkpoint"] == json.loads((run / "checkpoints" / "best.json").read_text())[0]["file"]
     assert last["model"]["name"] == load_config(TINY / f"{name}.json").model.name
     best = json.loads((run / "checkpoints" / "best.json").read_text())
     assert 1 <= len(best) <= 2 and best == sorted(best, key=lambda e: -e["valid_sdr"])
@@ -119,6 +140,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses(base, tmp_path):
     process.wait()
     process.stderr.close()
     assert process.returncode == -signal.SIGKILL
+    assert not (run / "summary.json").exists()  # a killed run never says it ended
 
     saved_step = load_checkpoint(last)["progress"]["global_step"]
     assert saved_step % 25 == 0 and saved_step < 100
@@ -132,6 +154,8 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_losses(base, tmp_path):
         assert ours["step"] == theirs["step"]
         assert abs(ours["loss"] - theirs["loss"]) <= 1e-6, (ours, theirs)
     assert load_checkpoint(last)["progress"]["global_step"] == stop
+    summary = json.loads((run / "summary.json").read_text())  # stopped by --max-steps: not finished
+    assert summary["finished"] is False and summary["steps"] == stop
 
 
 def test_resume_refuses_a_changed_recipe_and_train_refuses_to_overwrite(base, tmp_path, capsys):

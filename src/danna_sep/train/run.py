@@ -9,6 +9,8 @@ RUN_DIR/tensorboard/           TensorBoard event files
 RUN_DIR/checkpoints/last.pt    the full state, for --resume
 RUN_DIR/checkpoints/best-epochNNNN.pt, best.json   the best `keep_best` epochs by validation SDR
 RUN_DIR/ranks.json             under DDP: every process's weight digest at the end
+RUN_DIR/summary.json           when a run returns: steps, epochs, "finished" (every epoch ran),
+                               last validation, best checkpoint (removed when it resumes)
 ```
 
 Only the main process writes; every file is written whole or not at all (danna_sep.atomic).
@@ -55,6 +57,7 @@ class RunPaths:
         self.metrics = root / "metrics.jsonl"
         self.tensorboard = root / "tensorboard"
         self.ranks = root / "ranks.json"
+        self.summary = root / "summary.json"
 
 
 class RunFolder:
@@ -79,6 +82,7 @@ class RunFolder:
             if self.place.main:
                 atomic.remove_stale_temporaries(p.checkpoints)
                 atomic.remove_stale_temporaries(p.root)
+                p.summary.unlink(missing_ok=True)  # written again when this run returns
             if p.config.is_file():
                 saved = config_from_dict(schema.read_json(p.config, TrainError, "run config"), str(p.config))
                 changed = [k for k in differences(saved, config) if k not in RESUMABLE_CHANGES]
@@ -94,7 +98,7 @@ class RunFolder:
             if occupied and self.place.main:
                 for path in (p.checkpoints, p.tensorboard):
                     shutil.rmtree(path, ignore_errors=True)
-                for path in (p.losses, p.metrics, p.config, p.ranks):
+                for path in (p.losses, p.metrics, p.config, p.ranks, p.summary):
                     path.unlink(missing_ok=True)
         if self.place.main:
             p.checkpoints.mkdir(parents=True, exist_ok=True)

@@ -368,6 +368,11 @@ class Trainer:
             self.run.close()
         self._record_rank_digests()
         best = self.run.best_checkpoint() if self.dist.main else None
+        # What a script checks before starting this run again (recipes/default.sh skips it).
+        self.run.write_json(self.run.paths.summary, {
+            "steps": self.progress.global_step, "epochs_done": self.progress.epoch,
+            "finished": self.progress.epoch >= t.epochs, "valid_sdr": self.last_valid,
+            "best_checkpoint": None if best is None else best.name})
         return TrainSummary(self.run.paths.root, self.progress.global_step, self.progress.epoch,
                             last_loss, self.last_valid, best)
 
