@@ -347,3 +347,16 @@ def test_components_account_for_the_default_bundles_time(bench, capsys):
             "STFT", "the rest", "total"} <= set(rows)
     assert all(value >= 0 for value in rows.values())
     assert abs(sum(value for name, value in rows.items() if name != "total") - rows["total"]) < 0.02
+
+
+@pytest.mark.slow  # inductor generates and builds C++ for the network: tens of seconds on 2 cores
+def test_compiled_gives_a_row_per_member_with_its_compile_time(bench, capsys):
+    """benchmarks/compiled.py on the default's X-UMX: eager, compile and compiled times."""
+    compiled = importlib.import_module("benchmarks.compiled")
+    assert compiled.main(["--members", "xumx", "--threads", "1", "--repeat", "1", "--precision", "float32"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "torch" in lines[0]  # the machine
+    cells = [cell.strip() for cell in lines[-1].strip("|").split("|")]
+    assert cells[0] == "xumx" and len(cells) == 6
+    eager, first, fast = (float(cells[i]) for i in (1, 2, 3))
+    assert eager > 0 and fast > 0 and first > fast  # the first call includes the compile
