@@ -555,6 +555,21 @@ def test_weights_from_a_run_folder_are_its_best_checkpoint(base, tmp_path):
         load_initial_weights(model, tmp_path / "run" / "checkpoints")
 
 
+def test_resuming_a_finished_run_says_so_and_trains_nothing(base, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "done"
+    shutil.copytree(trained_run(base, "demucs_split"), run)
+    losses = (run / "losses.jsonl").read_text()
+    (run / "summary.json").unlink()
+    assert main(["train", str(TINY / "demucs_split.json"), "--data", str(dataset_root(base)),
+                 "--out", str(run), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"{run}: finished already, 100 steps" in err and "nan" not in err
+    assert (run / "losses.jsonl").read_text() == losses
+    assert json.loads((run / "summary.json").read_text())["finished"] is True
+
+
 def test_data_loader_workers_draw_the_same_segments(base, tmp_path):
     """Segments are a function of (seed, epoch, index): worker processes change nothing."""
     config = json.loads((TINY / "demucs_split.json").read_text())

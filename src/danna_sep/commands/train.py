@@ -10,6 +10,7 @@ Launched by `torchrun --nproc_per_node N -m danna_sep.cli train ...` it trains w
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def _run(args: argparse.Namespace) -> int:
         if bars is not None:
             bars.close()
     if not args.quiet:
-        line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
+        if math.isnan(summary.last_loss):  # resumed after its last step: nothing ran here
+            line = f"{summary.run_dir}: finished already, {summary.steps} steps"
+        else:
+            line = f"{summary.run_dir}: {summary.steps} steps, last loss {summary.last_loss:.5g}"
         if summary.valid:
             line += f", validation SDR {summary.valid['mean']:.3f} dB"
         if summary.best_checkpoint is not None:
