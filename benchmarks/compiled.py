@@ -2,8 +2,9 @@
 
     python benchmarks/compiled.py                     # every member, 2 threads
     python benchmarks/compiled.py --members unet_attn
+    python benchmarks/compiled.py --full              # the full-size blend (random weights)
 
-Each member runs as separation prepares it (`ModelRunner`: the bundle's precision, batch
+Each member of the default bundle (or of the full-size blend) runs as separation prepares it (`ModelRunner`: the bundle's precision, batch
 norms folded, channels-last), on one 10 s segment's input. The table gives the eager median
 of a few forward passes, the time of torch.compile's first call (tracing and inductor's code
 generation: much shorter the second time in a machine, from inductor's cache on disk, whose
@@ -41,6 +42,7 @@ def _median_seconds(fn: Callable[[], object], repeat: int) -> float:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", nargs="*", default=None, help="member names (default: all)")
+    parser.add_argument("--full", action="store_true", help="the full-size blend (random weights)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeat", type=int, default=5, help="forward passes per median (default 5)")
     parser.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -61,13 +63,19 @@ def _run(args: argparse.Namespace) -> int:
 
     device = torch.device("cpu")
     precision = resolve_precision(args.precision, device)
-    bundle = resolve_bundle("default")
+    if args.full:
+        from danna_sep.bundle import PAPER_BLEND
+
+        bundle = common.random_bundle(PAPER_BLEND, seed=0)
+    else:
+        bundle = resolve_bundle("default")
     chunk = torch.randn(1, 2, int(SAMPLERATE * SEGMENT_SECONDS), generator=torch.Generator().manual_seed(0)) * 0.1
     rows = []
     for member in bundle.members:
         if args.members and member.name not in args.members:
             continue
-        runner = ModelRunner(member.model, device, EngineOptions(precision=precision))
+        wanted = [source for source in bundle.sources if member.blend.get(source, 0) > 0]  # as Separator prunes
+        runner = ModelRunner(member.model, device, EngineOptions(precision=precision), sources=wanted)
         x = chunk if runner.input_domain == "waveform" else spectral.stft(chunk).abs()
 
         def forward() -> None:
@@ -86,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         rows.append([member.name, f"{eager:.3f}", f"{first:.1f}", f"{compiled:.3f}", f"{eager / compiled:.2f}", paid])
     print(common.machine_line(common.machine_info(args.threads)))
     print(common.markdown_table(
-        ["network (default bundle, " + precision + ")", "eager s / 10 s", "compile + first call s",
+        [f"network ({'full blend' if args.full else 'default bundle'}, {precision})", "eager s / 10 s", "compile + first call s",
          "compiled s / 10 s", "speed-up", "pays after (audio)"], rows, align="lrrrrr"))
     return 0
 
