@@ -216,15 +216,13 @@ def _wiener_bins(targets: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor, 
     if residual:
         y = torch.cat([y, x.unsqueeze(-1) - y.sum(dim=-1, keepdim=True)], dim=-1)
     if iterations == 0:
-        pass
-    elif x.shape[-1] == 2:
+        return y if out is None else out.copy_(y)
+    if x.shape[-1] == 2:
         return _expectation_maximization_stereo(y, x, iterations, eps, scale, out=out)
-    else:
-        y = expectation_maximization(y / scale.unsqueeze(-1), x / scale, iterations, eps)
-        if out is None:
-            return y * scale.unsqueeze(-1)
-        return torch.mul(y, scale.unsqueeze(-1), out=out)
-    return y if out is None else out.copy_(y)
+    y = expectation_maximization(y / scale.unsqueeze(-1), x / scale, iterations, eps)
+    if out is None:
+        return y * scale.unsqueeze(-1)
+    return torch.mul(y, scale.unsqueeze(-1), out=out)
 
 
 def wiener_windowed(
