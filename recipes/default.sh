@@ -9,13 +9,14 @@
 #      configs/default/finetune/ (lower learning rate, fewer epochs), exported as
 #      WORK_DIR/stage2 with each member's weights halfway between stage 1 and stage 2
 #      (ALPHA, the stage-2 share, default 0.5: `danna-sep export --interpolate`);
-#   4. stage 3: the members with a config in configs/default/closs/ fine-tuned from
-#      WORK_DIR/stage2 with Danna-Sep's combination loss (two threads each, one after the
-#      other), then those with a config in configs/default/closs2/ (the X-UMX) once more
-#      from their stage-3 run's best checkpoint (a second round, another seed); the others
-#      are carried over from stage 2 as they are;
+#   4. stage 3: the members with a config in configs/default/closs/ (the X-UMX) fine-tuned
+#      from WORK_DIR/stage2 with Danna-Sep's combination loss (two threads), then again for
+#      each later round with a config in configs/default/closs2/ and closs3/, each from the
+#      round before's best checkpoint (another seed each); the others are carried over from
+#      stage 2 as they are;
 #   5. export: each member's last stage-3 round at its share against stage 2 (ALPHA3_X_UMX,
-#      default 1; ALPHA3_UNET_ATTN, default 0.5; ALPHA3 sets both), with blend weights
+#      default 1; ALPHA3_UNET_ATTN, default 0.5, for a U-Net given a stage-3 config;
+#      ALPHA3 sets both), with blend weights
 #      fitted on the corpus' test/ tracks;
 #   6. the quality tables: a fresh 24-song split of seed 1, which nothing above saw, and
 #      the real MIR-1K clips of shared/realval (if present; never trained on).
@@ -28,7 +29,7 @@
 # stage 1 and fine-tunes that bundle's members instead; STAGE2_BUNDLE=DIR skips stages 1
 # and 2 and starts stage 3 from that bundle (how the shipped weights were made: see
 # README). TRACKS, SECONDS_PER_TRACK, CONFIGS, FINETUNE_CONFIGS, CLOSS_CONFIGS,
-# CLOSS2_CONFIGS, QUALITY_TRACKS and REALVAL override the corpus size, the config folders, the quality
+# CLOSS2_CONFIGS, CLOSS3_CONFIGS, QUALITY_TRACKS and REALVAL override the corpus size, the config folders, the quality
 # split and the real clips (the tests run the whole script small).
 set -euo pipefail
 
@@ -39,6 +40,7 @@ configs="${CONFIGS:-$here/configs/default}"
 finetune="${FINETUNE_CONFIGS:-$configs/finetune}"
 closs="${CLOSS_CONFIGS:-$configs/closs}"
 closs2="${CLOSS2_CONFIGS:-$configs/closs2}"
+closs3="${CLOSS3_CONFIGS:-$configs/closs3}"
 tracks="${TRACKS:-150}"
 seconds="${SECONDS_PER_TRACK:-30}"
 quality_tracks="${QUALITY_TRACKS:-24}"
@@ -140,25 +142,29 @@ train_wait() {
     grep -h "epoch .*validation" "$work/$stage/$name.log" | tail -n 2 >&2 || true
 }
 
-# Stage 3 tunes the members with a config in $closs, one after the other, and those with one
-# in $closs2 a second time from their first round; the others are carried over from stage 2
-# (a bundle's weights file is an export input). One member at a time on two threads: side by
-# side on one thread each, the X-UMX and the U-Net each took twice as long per step (README).
+# Stage 3: the rounds of the combination loss, one member at a time on two threads (side by
+# side on one thread each, the X-UMX and the U-Net each took twice as long per step: README).
+# A member with a config in a round's folder trains there from its previous round (the first
+# from stage 2); one with none is carried over from stage 2 (a bundle's weights file is an
+# export input).
+rounds=(closs closs2 closs3)
+round_configs=("$closs" "$closs2" "$closs3")
 inputs=()
 alphas3=()  # each input's share against stage 2 (a carried member is stage 2's own: any share keeps it)
 for i in "${!members[@]}"; do
     share="alpha3_${members[$i]}"
     alphas3+=("${!share:-1}")
-    if [ -f "$closs/${members[$i]}.json" ]; then
-        train_wait closs "$closs" "$i" "$stage2"
-        last_round="$work/closs/${members[$i]}"
-        if [ -f "$closs2/${members[$i]}.json" ]; then
-            train_wait closs2 "$closs2" "$i" "$last_round"
-            last_round="$work/closs2/${members[$i]}"
+    previous="$stage2"
+    for r in "${!rounds[@]}"; do
+        if [ -f "${round_configs[$r]}/${members[$i]}.json" ]; then
+            train_wait "${rounds[$r]}" "${round_configs[$r]}" "$i" "$previous"
+            previous="$work/${rounds[$r]}/${members[$i]}"
         fi
-        inputs+=("$last_round")
-    else
+    done
+    if [ "$previous" = "$stage2" ]; then
         inputs+=("$stage2/${files[$i]}.safetensors")
+    else
+        inputs+=("$previous")
     fi
 done
 

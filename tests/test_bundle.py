@@ -222,10 +222,10 @@ def test_the_default_bundle_ships_and_loads():
 def test_the_default_bundle_was_trained_with_the_shipped_configs():
     """`recipes/default.sh` must rebuild what ships: each member's training record (the
     resolved config its last checkpoint carried) equals its last stage's config in
-    everything but its wording (name, description) and the corpus path:
-    configs/default/closs2/ for the members stage 3 tunes twice, configs/default/closs/ for
-    those it tunes once (their weights at the recipe's default ALPHA3_NAME towards stage 2),
-    else configs/default/finetune/ (halfway towards stage 1, the recipe's default ALPHA)."""
+    everything but its wording (name, description) and the corpus path: the config of its
+    last stage-3 round (configs/default/closs3/, closs2/ or closs/) for the members stage 3
+    tunes (their weights at the recipe's default ALPHA3_NAME towards stage 2), else
+    configs/default/finetune/ (halfway towards stage 1, the recipe's default ALPHA)."""
     from danna_sep.separator import PRETRAINED
     from danna_sep.train.config import config_from_dict, differences, load_config
 
@@ -237,7 +237,8 @@ def test_the_default_bundle_was_trained_with_the_shipped_configs():
     for record, name in zip(manifest["training"], ["x_umx", "unet_attn", "demucs_split"]):
         third = (configs / "closs" / f"{name}.json").is_file()
         stages.add(third)
-        last = next(stage for stage in ("closs2", "closs", "finetune") if (configs / stage / f"{name}.json").is_file())
+        last = next(stage for stage in ("closs3", "closs2", "closs", "finetune")
+                    if (configs / stage / f"{name}.json").is_file())
         assert third or last == "finetune", f"{name}: a second stage-3 round without a first"
         shipped = load_config(configs / last / f"{name}.json")
         trained = config_from_dict(record["config"])

@@ -43,7 +43,7 @@ def _sdr(song, estimates: np.ndarray) -> np.ndarray:
 
 
 # The default's blend averages 5.61 dB on 24 songs of the current generator (README); one
-# 10 s song sits within about a dB of that (this one: 5.96 dB, members 1.2 to 5.8 dB). A
+# 10 s song sits within about a dB of that (this one: 5.94 dB, members 1.2 to 5.9 dB). A
 # default with wrong or swapped weights, or a broken blend, scores far below: the mixture
 # itself as every estimate gives about -5 dB, random weights about -10 dB; the previous
 # default (stage 1 only) gave 4.09 dB here.

@@ -44,6 +44,7 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     _small_configs(configs / "finetune", ROOT / "configs" / "default" / "finetune")
     _small_configs(configs / "closs", ROOT / "configs" / "default" / "closs")
     _small_configs(configs / "closs2", ROOT / "configs" / "default" / "closs2")
+    _small_configs(configs / "closs3", ROOT / "configs" / "default" / "closs3")
     realval = tmp_path / "realval" / "clip"  # one real-clip folder in the layout of shared/realval
     realval.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -84,23 +85,26 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
             if start[key].is_floating_point():
                 halfway = (start[key].double() + tuned_state[key].double()) / 2
                 torch.testing.assert_close(middle[key].double(), halfway, rtol=1e-6, atol=1e-7)
-    # Stage 3 tunes the members with a closs config from the stage-2 bundle with the combination
-    # loss, and those with a closs2 config (the X-UMX) again from that run's best checkpoint;
-    # each is exported from its last round at its share against stage 2 (X-UMX 1: as trained;
-    # U-Net 0.5: halfway); the others are carried over to the bit.
-    third = [name for name in SMALL if (ROOT / "configs" / "default" / "closs" / f"{name}.json").is_file()]
-    again = [name for name in SMALL if (ROOT / "configs" / "default" / "closs2" / f"{name}.json").is_file()]
-    assert "x_umx" in third and "unet_attn" in third and "demucs_split" not in third and again == ["x_umx"]
-    closs = {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in third}
-    assert closs == {name: 3 for name in third}
-    closs2 = {name: (work / "closs2" / name / "losses.jsonl").read_text().count("\n") for name in again}
-    assert closs2 == {"x_umx": 3}
-    assert "closs/x_umx/checkpoints/best-epoch0001.pt: loaded into xumx" in (work / "closs2" / "x_umx.log").read_text()
-    shares = {"x_umx": 1.0, "unet_attn": 0.5}
+    # Stage 3 tunes the members with a closs config (the X-UMX) from the stage-2 bundle with the
+    # combination loss, then again in each later round with a config (closs2, closs3), each
+    # from the round before's best checkpoint; a member is exported from its last round at its
+    # share against stage 2 (X-UMX 1: as trained); the others are carried over to the bit.
+    default = ROOT / "configs" / "default"
+    rounds = {stage: [name for name in SMALL if (default / stage / f"{name}.json").is_file()]
+              for stage in ("closs", "closs2", "closs3")}
+    assert rounds == {"closs": ["x_umx"], "closs2": ["x_umx"], "closs3": ["x_umx"]}
+    third = rounds["closs"]
+    trained_steps = {stage: {name: (work / stage / name / "losses.jsonl").read_text().count("\n") for name in names}
+                     for stage, names in rounds.items()}
+    assert trained_steps == {stage: {name: 3 for name in names} for stage, names in rounds.items()}
+    for stage, before in (("closs2", "closs"), ("closs3", "closs2")):
+        log = (work / stage / "x_umx.log").read_text()
+        assert f"{before}/x_umx/checkpoints/best-epoch0001.pt: loaded into xumx" in log, log[-2000:]
+    shares = {"x_umx": 1.0}
     for index, name in enumerate(SMALL):
         record = manifest["training"][index]
         if name in third:
-            last_round = "closs2" if name in again else "closs"
+            last_round = [stage for stage, names in rounds.items() if name in names][-1]
             assert record["config"]["loss"]["kind"] == "closs" and f"/{last_round}/" in record["checkpoint"]
             assert record["interpolated"]["alpha"] == shares[name]
             final = load_file(str(bundle / manifest["models"][index]["weights"]))
@@ -123,11 +127,11 @@ def test_default_recipe_runs_small_and_resumes(tmp_path):
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "exists: kept" in second.stderr
-    assert second.stderr.count("finished: kept") == 3 + 3 + len(third) + len(again), second.stderr[-3000:]
+    assert second.stderr.count("finished: kept") == 3 + 3 + sum(map(len, rounds.values())), second.stderr[-3000:]
     assert "resumed" not in second.stderr and "Traceback" not in second.stderr
     assert (bundle / "bundle.json").stat().st_mtime_ns == stamp
     assert (work / "quality.json").stat().st_mtime_ns == measured
     assert {name: (work / "runs" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == steps
     assert {name: (work / "finetune" / name / "losses.jsonl").read_text().count("\n") for name in SMALL} == tuned
-    assert {name: (work / "closs" / name / "losses.jsonl").read_text().count("\n") for name in closs} == closs
-    assert {name: (work / "closs2" / name / "losses.jsonl").read_text().count("\n") for name in closs2} == closs2
+    assert {stage: {name: (work / stage / name / "losses.jsonl").read_text().count("\n") for name in names}
+            for stage, names in rounds.items()} == trained_steps
