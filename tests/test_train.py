@@ -168,6 +168,7 @@ def test_resume_refuses_a_changed_recipe_and_train_refuses_to_overwrite(base, tm
     assert main(["train", str(path), "--data", data, "--out", str(run), "--resume", "-q"]) == 2
     err = capsys.readouterr().err
     assert "optim.lr" in err and str(path) in err
+    assert json.loads((run / "summary.json").read_text())["finished"]  # a refused resume changes nothing
     assert main(["train", str(TINY / "demucs_split.json"), "--data", data, "--out", str(run), "-q"]) == 1
     assert "holds a run already" in capsys.readouterr().err
     assert main(["train", str(TINY / "demucs_split.json"), "--data", data, "--out", str(tmp_path / "new"),
@@ -561,7 +562,7 @@ def test_resuming_a_finished_run_says_so_and_trains_nothing(base, tmp_path, caps
     run = tmp_path / "done"
     shutil.copytree(trained_run(base, "demucs_split"), run)
     losses = (run / "losses.jsonl").read_text()
-    (run / "summary.json").unlink()
+    (run / "summary.json").unlink(missing_ok=True)
     assert main(["train", str(TINY / "demucs_split.json"), "--data", str(dataset_root(base)),
                  "--out", str(run), "--resume"]) == 0
     err = capsys.readouterr().err

@@ -82,13 +82,14 @@ class RunFolder:
             if self.place.main:
                 atomic.remove_stale_temporaries(p.checkpoints)
                 atomic.remove_stale_temporaries(p.root)
-                p.summary.unlink(missing_ok=True)  # written again when this run returns
             if p.config.is_file():
                 saved = config_from_dict(schema.read_json(p.config, TrainError, "run config"), str(p.config))
                 changed = [k for k in differences(saved, config) if k not in RESUMABLE_CHANGES]
                 if changed:
                     raise ConfigError(f"{source}: differs from the run's {p.config} in {', '.join(changed)}; "
                                       f"resume with the run's own config")
+            if self.place.main:  # a resume that goes ahead: written again when this run returns
+                p.summary.unlink(missing_ok=True)
         else:
             occupied = p.last.is_file() or p.config.is_file() or p.losses.is_file()
             if occupied and not force:
